@@ -1,0 +1,172 @@
+"""Answer extraction and the one comparator used everywhere.
+
+``extract(text)`` finds the number a Chain-of-Thought commits to, trying in order:
+
+1. ``\\boxed{...}`` (the last one);
+2. ``#### <answer>`` (GSM8K style);
+3. the last "answer is ..." / "answer: ..." phrase, whose value may be a number with
+   commas, currency or a percent sign, a fraction such as ``3/4``, or a small arithmetic
+   expression such as ``(10 * 45)`` (PaLM answers that way), evaluated with ``ast`` on
+   numbers and ``+ - * /`` only, never ``eval``;
+4. the last number in the text.
+
+Text after a run-on "Q:" (a few-shot model writing the next exemplar) is cut first.
+
+``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read
+disagree: exact string match (Fine-tune-CoT), ``abs(a - b) < 1e-3`` (Program-of-Thoughts),
+rounding both to int, even dropping the sign. Our rule: both are finite numbers and
+``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``. Why: an absolute 1e-3 forgives the
+float noise of executed programs (``0.1 + 0.2``) and a fraction written to three decimals
+(``0.333`` for 1/3), the tiny relative term keeps that true for large numbers, and nothing
+coarser is forgiven, because ``4.5`` for ``4``, or ``-5`` for ``5``, is a wrong answer a
+student must not be trained on or credited for. Strings are parsed with ``to_float`` first.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from fractions import Fraction
+
+ABS_TOL = 1e-3
+REL_TOL = 1e-6
+
+_RUN_ON = re.compile(r"\n\s*Q\s*:", re.S)
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|=|:|would be|will be)\s*:?\s*", re.I)
+# a number: optional sign, digits with thousands commas, optional decimals, optional /denominator
+_NUM = r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|(?<![\w.])-?\.\d+"
+_NUMBER = re.compile(_NUM)
+_SENTENCE_END = re.compile(r"\.(?!\d)|\n|;|(?<=\d),\s(?=\D)|\bso\b|\bbecause\b", re.I)
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _clean_numbers(text: str) -> str:
+    """Drop currency, percent and thousands commas; map unicode operators to ASCII."""
+    text = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", text)
+    text = text.replace("\u2212", "-").replace("\u00d7", "*").replace("\u00f7", "/").replace("\\times", "*")
+    text = text.replace("\\div", "/").replace("$", "").replace("%", "").replace("\u20ac", "").replace("\u00a3", "")
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+
+
+def safe_arith(expr: str) -> float | None:
+    """Evaluate numbers with + - * / and parentheses; None for anything else."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError):
+        return None
+
+    def ev(node) -> Fraction:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return Fraction(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = ev(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError("not arithmetic")
+
+    try:
+        value = float(ev(tree))
+    except (ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def to_float(value) -> float | None:
+    """A number from a float, int, numeric string, fraction string or arithmetic string."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        text = _clean_numbers(value).strip().rstrip(".")
+        result = safe_arith(text)
+        if result is not None:
+            return result
+        match = _NUMBER.search(text)
+        return _number_token(match.group(0)) if match else None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _number_token(token: str) -> float | None:
+    token = token.replace(",", "").replace(" ", "")
+    if "/" in token:
+        return safe_arith(token)
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def _leading_value(text: str) -> float | None:
+    """The value at the start of an answer phrase: an expression, else its first number."""
+    text = _clean_numbers(text)
+    end = _SENTENCE_END.search(text)
+    phrase = text[:end.start()] if end else text
+    if "=" in phrase:  # "5 + 3 = 8": the value after the last '=' is the committed one
+        tail = phrase.rsplit("=", 1)[1]
+        match = _NUMBER.search(tail)
+        if match:
+            return _number_token(match.group(0))
+    expr = re.match(r"[\s\d.+\-*/()]+", phrase)
+    if expr and re.search(r"\d", expr.group(0)):
+        candidate = expr.group(0).strip().rstrip("+-*/ ")
+        # balance a parenthesis the phrase cut off: "(120 / 3" -> "(120 / 3)"
+        candidate += ")" * max(0, candidate.count("(") - candidate.count(")"))
+        value = safe_arith(candidate)
+        if value is not None:
+            return value
+    match = _NUMBER.search(phrase)
+    return _number_token(match.group(0)) if match else None
+
+
+def cut_run_on(text: str) -> str:
+    """Text before a run-on next question ("\\n\\nQ: ..."), as few-shot completions need."""
+    match = _RUN_ON.search(text)
+    return text[:match.start()] if match else text
+
+
+def extract(text: str | None) -> float | None:
+    """The answer a CoT text commits to, or None if it commits to no number."""
+    if not text or not isinstance(text, str):
+        return None
+    text = cut_run_on(text)
+    boxed = _BOXED.findall(text)
+    if boxed:
+        value = to_float(boxed[-1])
+        if value is not None:
+            return value
+    hashes = _HASHES.findall(text)
+    if hashes:
+        value = _leading_value(hashes[-1])
+        if value is not None:
+            return value
+    phrases = list(_ANSWER_IS.finditer(text))
+    for phrase in reversed(phrases):
+        value = _leading_value(text[phrase.end():])
+        if value is not None:
+            return value
+    numbers = _NUMBER.findall(_clean_numbers(text))
+    for token in reversed(numbers):
+        value = _number_token(token)
+        if value is not None:
+            return value
+    return None
+
+
+def same(pred, gold) -> bool:
+    """True when two answers are the same number (see the module docstring for the rule)."""
+    a, b = to_float(pred), to_float(gold)
+    if a is None or b is None:
+        return False
+    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)

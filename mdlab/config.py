@@ -1,0 +1,123 @@
+"""Dataclass configs and named profiles read from ``configs/*.yaml``.
+
+A profile is one YAML file with a section per stage. Each stage owns its config dataclass
+(``teachers.TeacherConfig``, ``curate.CurateConfig``, ``train.TrainConfig``,
+``evaluate.EvalConfig``; ``DataConfig`` lives here), with a comment per field and validation
+in ``__post_init__``, so a typo in a YAML key or a bad value fails at load time with the
+file and section named, not an hour into a run.
+
+Profiles: ``smoke`` (tiny random model, a handful of problems, seconds per stage; tests and
+CI), ``cpu`` (embedded SmolLM2-135M, a laptop-sized slice of SVAMP; ``make demo``) and
+``gpu`` (a 7B student with QLoRA on the full split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+class ConfigError(ValueError):
+    """A profile file is missing or has an unknown key or a bad value."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = "svamp"  # registry name (data.REGISTRY)
+    train_split: str = "train"  # split the teacher rationales and the student training come from
+    test_split: str = "test"  # split the student is evaluated on
+    train_limit: int | None = None  # first N training problems (None = all)
+    test_limit: int | None = None  # first N test problems (None = all)
+
+    def __post_init__(self):
+        from mdlab import data
+
+        if self.dataset not in data.REGISTRY:
+            raise ConfigError(f"data.dataset: unknown dataset {self.dataset!r}; known: {', '.join(data.REGISTRY)}")
+        splits = data.REGISTRY[self.dataset].splits
+        for field in ("train_split", "test_split"):
+            if getattr(self, field) not in splits:
+                raise ConfigError(f"data.{field}: {self.dataset} has no split {getattr(self, field)!r}; "
+                                  f"its splits: {', '.join(splits)}")
+        for field in ("train_limit", "test_limit"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{field} must be a positive number or null, got {value}")
+
+
+@dataclasses.dataclass
+class Profile:
+    name: str  # profile name, also the default run directory name (runs/<name>)
+    data: DataConfig  # which problems
+    teacher: Any  # teachers.TeacherConfig
+    curate: Any  # curate.CurateConfig
+    train: Any  # train.TrainConfig
+    evaluate: Any  # evaluate.EvalConfig
+    path: Path | None = None  # the YAML file it came from
+
+    def to_dict(self) -> dict:
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else (
+                str(value) if isinstance(value, Path) else value)
+        return out
+
+
+def _stage_classes() -> dict[str, type]:
+    from mdlab import curate, evaluate, teachers, train
+
+    return {"data": DataConfig, "teacher": teachers.TeacherConfig, "curate": curate.CurateConfig,
+            "train": train.TrainConfig, "evaluate": evaluate.EvalConfig}
+
+
+def _build(cls: type, section: str, values: dict, where: Path):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: section {section!r} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in section {section!r}; known: {sorted(known)}")
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: section {section!r}: {exc}") from None
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    text = str(profile)
+    if text in PROFILES or (not text.endswith((".yaml", ".yml")) and (CONFIG_DIR / f"{text}.yaml").exists()):
+        return CONFIG_DIR / f"{text}.yaml"
+    return Path(text)
+
+
+def load(profile: str | os.PathLike = "smoke", **overrides: dict) -> Profile:
+    """A profile by name (smoke | cpu | gpu) or YAML path; ``overrides`` update sections."""
+    path = profile_path(profile)
+    if not path.exists():
+        raise ConfigError(f"no profile {str(profile)!r}: {path} does not exist; use one of {PROFILES} "
+                          "or a path to a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of sections, got {type(raw).__name__}")
+    classes = _stage_classes()
+    unknown = sorted(set(raw) - set(classes) - {"name"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {sorted(classes)}")
+    sections = {}
+    for section, cls in classes.items():
+        values = dict(raw.get(section) or {})
+        values.update(overrides.get(section, {}))
+        sections[section] = _build(cls, section, values, path)
+    return Profile(name=raw.get("name", path.stem), path=path, **sections)

@@ -1,0 +1,161 @@
+"""Run directories, append-only JSONL stores and manifests.
+
+Every stage reads the previous stage's files from ``runs/<name>/`` and appends its own, so a
+crash loses at most the record in flight. A JSONL store is append-only: each record is one
+line written with a single ``write`` and then flushed and fsynced. A process killed mid-write
+leaves at most one torn last line; readers detect it, warn and drop it, never crash, and
+the next append first cuts it off so the file stays well-formed.
+
+``manifest.json`` holds what is needed to redo a run: config, package versions, seeds and the
+sha256 of every data file read. Stages merge their own section into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+RUNS_ROOT = Path(os.environ.get("MDLAB_RUNS", "runs"))
+
+
+def run_dir(name_or_path: str | os.PathLike) -> Path:
+    """The run directory for a name (under ``runs/``) or a path; created if missing."""
+    path = Path(name_or_path)
+    if not path.is_absolute() and len(path.parts) == 1 and not path.exists():
+        path = RUNS_ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(record: Any) -> str:
+    """One JSON line (no newline inside), the same encoding everywhere."""
+    return json.dumps(record, ensure_ascii=False, default=_jsonable, allow_nan=True)
+
+
+class JsonlStore:
+    """An append-only JSON Lines file that survives being killed at any moment."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repaired = False
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.read())
+
+    def __len__(self) -> int:
+        return len(self.read())
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def read(self) -> list[dict]:
+        """All complete records; a torn last line is dropped with a warning."""
+        if not self.path.exists():
+            return []
+        records: list[dict] = []
+        with open(self.path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                records.append(json.loads(raw))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if number >= len(lines) - 1:  # only the last line may be torn by a kill
+                    warnings.warn(f"{self.path}: dropped a torn last line (a write was interrupted)",
+                                  stacklevel=2)
+                else:
+                    raise ValueError(f"{self.path}:{number}: corrupt record in the middle of the file; "
+                                     "it was edited by hand or written by two processes at once") from None
+        return records
+
+    def _repair_tail(self) -> None:
+        """Cut a torn last line off before appending, so new records start on a fresh line."""
+        if self._repaired or not self.path.exists():
+            self._repaired = True
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                fh.seek(cut)
+                fh.truncate()
+                fh.flush()
+                os.fsync(fh.fileno())
+        self._repaired = True
+
+    def append(self, record: Any) -> None:
+        self.extend([record])
+
+    def extend(self, records: Iterable[Any]) -> None:
+        """Append records durably: one write per record, then flush and fsync."""
+        self._repair_tail()
+        lines = [dumps(r) + "\n" for r in records]
+        if not lines:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("mdlab", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "openai"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to a temporary file and rename it, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, ensure_ascii=False, default=_jsonable)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(run_dir_: str | os.PathLike) -> dict:
+    path = Path(run_dir_) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_manifest(run_dir_: str | os.PathLike, stage: str, **fields: Any) -> dict:
+    """Merge one stage's section (config, seeds, data hashes, ...) into ``manifest.json``."""
+    run_dir_ = Path(run_dir_)
+    run_dir_.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(run_dir_)
+    manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    manifest["versions"] = package_versions()
+    manifest.setdefault("stages", {})[stage] = {
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields}
+    from mdlab import data  # local import: data imports nothing heavy, but keep runs standalone
+
+    manifest["data_files"] = {**manifest.get("data_files", {}), **data.files_read()}
+    write_json_atomic(run_dir_ / "manifest.json", manifest)
+    return manifest
