@@ -156,11 +156,22 @@ def extract(text: str | None) -> float | None:
         value = _leading_value(text[phrase.end():])
         if value is not None:
             return value
-    numbers = _NUMBER.findall(_clean_numbers(text))
-    for token in reversed(numbers):
-        value = _number_token(token)
-        if value is not None:
-            return value
+    return _last_number(text)
+
+
+_ASIDE = re.compile(r"\([^()]*\)\W*$|\s(?:since|because|as|if|when)\s.*$", re.I | re.S)
+
+
+def _last_number(text: str) -> float | None:
+    """The last number, ignoring a trailing aside: "3 games since 7 x 3 = 21" commits to 3."""
+    text = _clean_numbers(text).rstrip()
+    last_sentence = re.split(r"(?<=[.!?])\s+|\n", text)[-1] if text else ""
+    head = _ASIDE.sub("", last_sentence)
+    for scope in (head, text):
+        for token in reversed(_NUMBER.findall(scope)):
+            value = _number_token(token)
+            if value is not None:
+                return value
     return None
 
 

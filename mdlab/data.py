@@ -110,7 +110,7 @@ def resolve(relpath: str) -> Path:
     except OSError as exc:
         raise DataError(f"{relpath} not found in $MDLAB_DATA_DIR ({env or 'unset'}) or the cache {cached}, and the "
                         f"download from {url} failed ({exc}). Set MDLAB_DATA_DIR to a directory with the data "
-                        "files, or download that URL to the cache path.") from exc
+                        "files, or download that URL to the cache path.") from None
     os.replace(tmp, cached)
     try:
         return _check(cached, relpath)

@@ -1,4 +1,10 @@
-"""Teacher backends and ``generate`` with a resumable cache (skeleton; see issue 4)."""
+"""Teacher backends and ``generate`` with a resumable cache (skeleton; see issue 4).
+
+NOTE TO THE ENGINEER WORKING ON ISSUE 4 (from the lead; delete this note when you rewrite the
+docstring): read /tmp/common.md NOW before anything else -- it is the team's common context
+(lead-owned files, no git state changes, the venv, run-directory artifacts, notebook rules,
+time budgets, test and benchmark standards). It was meant to be part of your task prompt.
+"""
 
 from __future__ import annotations
 

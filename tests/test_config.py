@@ -1,0 +1,50 @@
+"""Profiles load, validate, and reject typos with the file and section named."""
+
+from __future__ import annotations
+
+import pytest
+
+from mdlab import config
+
+
+@pytest.mark.parametrize("name", config.PROFILES)
+def test_profiles_load(name):
+    profile = config.load(name)
+    assert profile.name == name
+    assert profile.data.dataset == "svamp"
+    assert profile.to_dict()["data"]["train_split"] == profile.data.train_split
+
+
+def test_smoke_is_small_and_cpu_uses_embedded():
+    smoke, cpu = config.load("smoke"), config.load("cpu")
+    assert smoke.train.model == "tiny" and smoke.data.train_limit <= 20
+    assert cpu.train.model == "embedded"
+
+
+def test_unknown_key_names_file_and_section(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  datset: svamp\n")
+    with pytest.raises(config.ConfigError, match=r"p.yaml: unknown key\(s\) \['datset'\] in section 'data'"):
+        config.load(path)
+
+
+def test_bad_values_are_rejected(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  dataset: svamp\n  test_split: dev\n")
+    with pytest.raises(config.ConfigError, match="no split 'dev'"):
+        config.load(path)
+    path.write_text("data:\n  train_limit: 0\n")
+    with pytest.raises(config.ConfigError, match="train_limit"):
+        config.load(path)
+    path.write_text("trian: {}\n")
+    with pytest.raises(config.ConfigError, match="unknown section"):
+        config.load(path)
+
+
+def test_missing_profile():
+    with pytest.raises(config.ConfigError, match="no profile 'nope.yaml'"):
+        config.load("nope.yaml")
+
+
+def test_overrides():
+    assert config.load("smoke", data={"test_limit": 2}).data.test_limit == 2
