@@ -1,13 +1,36 @@
-"""``python -m mdlab <command>``: the stages from a shell, and ``demo`` (all notebooks)."""
+"""``python -m mdlab <command>``: the notebooks' stages from a shell.
+
+``demo --profile cpu`` executes notebooks 01-05 in order with papermill into ``runs/<profile>/``
+(the executed notebooks land in ``runs/<profile>/notebooks/``), prints each stage's wall time,
+and ends with the headline table and the figure paths. A stage whose notebook finished
+before with the same notebook and profile is skipped, so a second ``make demo`` takes
+seconds; an interrupted one resumes, because every stage appends to resumable stores.
+``<stage> --config configs/X.yaml`` runs one stage's notebook the same way. Running the
+notebooks themselves, rather than a second copy of their logic, keeps one code path.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
+import time
 import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+STAGES = {  # command -> notebook
+    "generate": "01_generate_rationales.ipynb",
+    "curate": "02_curate_rationales.ipynb",
+    "train": "03_train_md_qlora.ipynb",
+    "evaluate": "04_self_consistency.ipynb",
+    "report": "05_results.ipynb",
+}
 
 
-def _datasets(args) -> int:
+def _datasets(_args) -> int:
     from mdlab import data
 
     with warnings.catch_warnings():
@@ -19,13 +42,107 @@ def _datasets(args) -> int:
     return 0
 
 
+def _fingerprint(stage: str, profile_path: Path, run_dir: Path) -> str:
+    """Notebook + profile + the previous stage's fingerprint: a rerun upstream invalidates downstream."""
+    names = list(STAGES)
+    digest = hashlib.sha256((NOTEBOOKS / STAGES[stage]).read_bytes())
+    digest.update(profile_path.read_bytes())
+    if names.index(stage) > 0:
+        previous = run_dir / ".stages" / f"{names[names.index(stage) - 1]}.done"
+        digest.update(previous.read_bytes() if previous.exists() else b"not run")
+    return digest.hexdigest()
+
+
+def run_stage(stage: str, profile: str, run_dir: Path, *, force: bool = False, log=print) -> float | None:
+    """Execute one stage's notebook headless; returns seconds, or None when skipped as finished."""
+    import papermill
+
+    from mdlab import config
+
+    notebook = NOTEBOOKS / STAGES[stage]
+    profile_path = config.profile_path(profile)
+    config.load(profile)  # fail here, before a kernel starts, on a bad profile
+    marker = run_dir / ".stages" / f"{stage}.done"
+    fingerprint = _fingerprint(stage, profile_path, run_dir)
+    if not force and marker.exists() and marker.read_text().strip() == fingerprint:
+        log(f"[{stage}] finished before with this notebook and profile: reused ({notebook.name})")
+        return None
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[{stage}] running {notebook.name} -> {out_dir / notebook.name}")
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(notebook), str(out_dir / notebook.name),
+        parameters={"profile": str(profile), "run_dir": str(run_dir.resolve()), "interactive": False},
+        kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
+    seconds = time.perf_counter() - start
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(fingerprint)
+    log(f"[{stage}] done in {seconds:.0f} s")
+    return seconds
+
+
+def demo(profile: str, run_dir: Path | None = None, *, force: bool = False) -> dict[str, float | None]:
+    """Run notebooks 01-05; returns the wall time of each stage (None = reused)."""
+    import mdlab
+    from mdlab import runs
+
+    mdlab.env_report()
+    run_dir = runs.run_dir(run_dir or Path(str(profile)).stem)
+    print(f"\nmdlab demo: profile {profile!r} -> {run_dir}\n")
+    times: dict[str, float | None] = {}
+    total = time.perf_counter()
+    for stage in STAGES:
+        times[stage] = run_stage(stage, profile, run_dir, force=force)
+    elapsed = time.perf_counter() - total
+    print("\nstage        seconds")
+    for stage, seconds in times.items():
+        print(f"{stage:<12} {'reused' if seconds is None else f'{seconds:7.0f}'}")
+    print(f"{'total':<12} {elapsed:7.0f}\n")
+    results = run_dir / "results.md"
+    if results.exists():
+        print(results.read_text())
+    figures = sorted((run_dir / "figures").glob("*.png"))
+    if figures:
+        print("figures:\n" + "\n".join(f"  {f}" for f in figures))
+    (run_dir / "demo_times.json").write_text(json.dumps({"profile": str(profile), "stages": times,
+                                                         "total_seconds": elapsed}, indent=2))
+    return times
+
+
+def docs(run_dir: Path, out: Path = ROOT / "docs") -> list[Path]:
+    """Copy a finished demo run's figures and results table into docs/ for the README."""
+    import shutil
+
+    if not (run_dir / "results.md").exists():
+        raise SystemExit(f"{run_dir}/results.md is missing: run `make demo` first")
+    out.mkdir(exist_ok=True)
+    copied = []
+    for src in [run_dir / "results.md", run_dir / "demo_times.json", *sorted((run_dir / "figures").glob("*.png"))]:
+        if src.exists():
+            copied.append(Path(shutil.copy(src, out / src.name)))
+    print("\n".join(f"wrote {p}" for p in copied))
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mdlab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mdlab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("datasets", help="list every dataset split with its size and license")
     sub.add_parser("env", help="print versions and device")
-    demo = sub.add_parser("demo", help="run notebooks 01-05 headless into runs/<profile>/")
-    demo.add_argument("--profile", default="cpu")
+    demo_parser = sub.add_parser("demo", help="run notebooks 01-05 headless into runs/<profile>/")
+    demo_parser.add_argument("--profile", default="cpu", help="smoke | cpu | gpu, or a YAML path")
+    demo_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<profile>")
+    demo_parser.add_argument("--force", action="store_true", help="re-execute finished stages")
+    docs_parser = sub.add_parser("docs", help="copy a finished run's figures and table into docs/")
+    docs_parser.add_argument("--run", type=Path, default=Path("runs/cpu"))
+    for stage, notebook in STAGES.items():
+        stage_parser = sub.add_parser(stage, help=f"run {notebook} headless")
+        stage_parser.add_argument("--config", "--profile", dest="profile", default="cpu",
+                                  help="smoke | cpu | gpu, or a YAML path such as configs/gpu.yaml")
+        stage_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<profile name>")
+        stage_parser.add_argument("--force", action="store_true", help="re-execute even if finished")
     args = parser.parse_args(argv)
     if args.command == "datasets":
         return _datasets(args)
@@ -35,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         mdlab.env_report()
         return 0
     if args.command == "demo":
-        import mdlab
+        demo(args.profile, args.run_dir, force=args.force)
+        return 0
+    if args.command == "docs":
+        docs(args.run)
+        return 0
+    from mdlab import runs
 
-        mdlab.env_report()
-        return _datasets(args)
-    return 2
+    run_stage(args.command, args.profile, runs.run_dir(args.run_dir or Path(str(args.profile)).stem),
+              force=args.force)
+    return 0
 
 
 if __name__ == "__main__":
