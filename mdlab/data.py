@@ -286,7 +286,9 @@ def by_id(problems) -> dict[str, Problem]:
 
 
 def test_ids() -> dict[str, set[str]]:
-    """Ids of every test-side split, for leakage checks: SVAMP test and test300, GSM8K test, MAWPS."""
+    """Ids of every test-side split: SVAMP test and test300, GSM8K test. Note that SVAMP's two
+    splits overlap (test300 holds 100 of the 800 train problems), so leakage checks against a
+    run's own evaluation split, and this union is for checks such as few-shot exemplars."""
     return {"svamp": {p.id for p in _svamp("test")} | {p.id for p in _svamp("test300")},
             "gsm8k": {p.id for p in _gsm8k("test")}}
 
