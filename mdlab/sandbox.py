@@ -443,6 +443,10 @@ class _Zygote:
         new = "/tmp/root"
         os.mkdir(new, 0o755)
         k.mount("tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+        # The programs' /tmp comes first: a tree that lives under the host's /tmp (a checkout and
+        # its .venv cloned there, as CI may do) is then bound inside it instead of hidden by it.
+        os.makedirs(new + "/tmp")
+        k.mount("tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, _TMPFS)
         for path in binds + files:
             target = new + path
             if path not in sources:  # merged-/usr symlinks such as /lib -> usr/lib
@@ -460,8 +464,6 @@ class _Zygote:
                 flags |= _MS_RDONLY | _MS_NODEV
             k.mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_NOSUID | flags)
             os.close(fd)
-        os.makedirs(new + "/tmp")
-        k.mount("tmpfs", new + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, _TMPFS)
         k.mount(None, new, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
         os.chdir(new)
         try:  # pivot_root detaches the host file system entirely; chroot is the fallback
