@@ -1,13 +1,978 @@
-"""Sampling, voting policies, accuracy-vs-k estimator (skeleton; see issue 7)."""
+"""Self-consistency evaluation: sampling, voting policies and the accuracy-vs-k estimator.
+
+``sample(model, problems, mode, k=, temperature=, seed=, run_dir=)`` decodes one greedy path
+(``index=-1``) and ``k`` sampled paths (``index=0..k-1``) per problem from the student input
+``prompts.student_prompt(question, mode)``, the same text training used. A CoT path's answer
+is ``answers.extract(text)``; a PoT path's text is the program (``teachers.clean_program``
+drops prose around it), run with ``sandbox.run_many`` in a background thread while the next
+batch is generated. Records go to ``run_dir/samples.jsonl`` (a ``runs.JsonlStore``) batch by
+batch; a rerun, or a run killed halfway, skips every path already there (key: model tag,
+mode, problem, index, temperature, top_p, base seed, max_new_tokens) and never writes one
+twice. Asking for a larger k later decodes only the new indices.
+
+Backends, picked from ``model``: a model name or path (``models.load``); a student directory
+``students/<name>/`` holding ``adapter/`` (loaded with ``train.load_student``, which reads and
+checks the base from the adapter's manifest; a plain PEFT adapter names its base in
+``adapter_config.json``); a loaded ``(model, tokenizer)`` pair; an ``OpenAIBackend`` (a
+served model, e.g. by vLLM, over the legacy ``/v1/completions`` API: the teachers' client,
+which sends one request per path where the server ignores ``n``); a ``VLLMBackend``
+(in-process vLLM for GPU users; imported only when used).
+
+The transformers backend is a small decode loop rather than ``generate``, for three reasons.
+(1) k paths share one prefill: the prompt's KV cache is computed once and copied to its k+1
+rows (``num_return_sequences`` would run the prefill k times). (2) Continuous batching: a
+finished path leaves the batch at once and the next prompts are prefilled into the freed
+rows, so the batch stays full instead of draining to its slowest path. (3) Seeds per path,
+not per batch: every sampled path owns a ``random.Random`` seeded with
+``sample_seed(seed, problem_id, mode, index)`` (recorded in ``Sample.seed``) and draws one
+uniform number per token from it, which picks the token by inverting the cumulative
+softmax(logits / T) (after the top-p cut); no other path touches that stream.
+
+What is reproducible: a rerun with the same problems, config (``batch_rows`` included),
+model, library versions, device and thread count gives bit-identical paths, and a path is
+never decoded twice (resume). With a different batch size or problem set, a path's tokens
+change only through the last-bit rounding differences of batched matrix products, which
+move a token when its uniform draw falls within ~1e-6 of a boundary of the cumulative
+distribution: rare for a trained model's peaked distributions, a few paths in a hundred for
+the near-uniform test model. (An exponential race over the whole vocabulary would be more
+robust, but its 49k random numbers per token cost more than the model's own step here.)
+Greedy paths (argmax) have no seed. Prompts are sorted by token length, to waste little on
+padding. Generation stops at EOS (any of the tokenizer's and the generation config's end
+ids), at ``max_new_tokens``, or when the student runs on into a new ``Question:`` /
+``[COT]`` / ``[POT]`` block (the text is cut there).
+
+Voting (``vote``): a path without an answer (``None``: no number, or the program failed) does
+not vote; answers equal under ``answers.same`` pool into one candidate; a tie goes to the
+candidate whose first path comes earliest in the list. The policies (``POLICIES``) order their
+lists by sample index, and ``mixed`` lists a subset's PoT paths before its CoT paths, so in
+``mixed`` a CoT-PoT tie goes to PoT (the more exact mode for arithmetic, as in
+``pot_then_cot``).
+
+``acc_at_k`` estimates accuracy at k from N >= k stored paths per problem and mode: for
+each problem, the mean correctness of the vote over k-subsets of its paths (all of them when
+there are at most ``n_subsets``, else ``n_subsets`` random ones, drawn with a fixed seed;
+for ``mixed`` and ``pot_then_cot`` a subset is k CoT paths and k PoT paths), then the mean
+over problems, with a percentile bootstrap interval over problems. Using every subset
+rather than "the first k" removes the luck of which paths happened to come first.
+``greedy_accuracy`` reports single-path (greedy) accuracy separately.
+
+What this simplifies: sampling is temperature + top-p only (no top-k, no repetition
+penalty); a path cut by ``max_new_tokens`` still votes if it has an answer (its ``finish``
+field says ``length``, so it can be filtered); ``answers.same`` is not transitive at its
+tolerance edge, so candidates form around the first answer of each kind.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from mdlab import answers, prompts, runs, teachers
+
+POLICIES = ("cot", "pot", "mixed", "pot_then_cot")
+Policy = Literal["cot", "pot", "mixed", "pot_then_cot"]
+# where an under-trained student runs on into a new problem: stop and cut there
+STOP = ("\nQuestion:", *(f"\n[{m.upper()}]" for m in prompts.MODES))
+SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclasses.dataclass
 class EvalConfig:
     k: int = 8  # sampled paths per problem and mode
     temperature: float = 0.7  # sampling temperature for the k paths
-    seed: int = 0  # base seed; per-sample seeds derive from it
+    seed: int = 0  # base seed; per-sample seeds derive from it (sample_seed)
+    top_p: float = 1.0  # nucleus sampling mass (1.0 = plain temperature sampling)
+    max_new_tokens: int = 256  # cap on generated tokens per path
+    greedy: bool = True  # also decode one greedy path (index -1) per problem and mode
+    # students given k sampled paths; the others get the greedy path only
+    sc_students: list[str] = dataclasses.field(default_factory=lambda: ["md", "cot", "pot"])
+    batch_rows: int = 64  # sequences decoded at once (a prompt brings its k+1 rows)
+    pot_timeout: float = 3.0  # seconds per PoT program in the sandbox
+    n_subsets: int = 200  # k-subsets per problem for acc@k (all of them when there are fewer)
+    bootstrap: int = 1000  # bootstrap resamples of problems for the interval
+    ci: float = 0.95  # bootstrap interval mass
 
+    def __post_init__(self):
+        if self.k < 0:
+            raise ValueError(f"evaluate.k must be >= 0, got {self.k}")
+        if self.temperature < 0:
+            raise ValueError(f"evaluate.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"evaluate.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1 or self.batch_rows < 1 or self.n_subsets < 1 or self.bootstrap < 0:
+            raise ValueError("evaluate.max_new_tokens, batch_rows, n_subsets must be >= 1 and bootstrap >= 0")
+        if not 0 < self.ci < 1:
+            raise ValueError(f"evaluate.ci must be in (0, 1), got {self.ci}")
+
+
+@dataclasses.dataclass
+class Sample:
+    problem_id: str  # Problem.id
+    mode: str  # "cot" | "pot"
+    index: int  # 0..k-1 sampled path; -1 greedy
+    text: str  # the generated text (cut at a stop string): the CoT, or the PoT program
+    answer: float | None  # CoT: answers.extract(text); PoT: the sandbox's answer; None = no vote
+    status: str  # "ok" | "no_answer" | "no_code" (PoT without a program) | a sandbox status | "api_error"
+    seed: int | None  # the seed this path was drawn with (None for greedy)
+    model: str  # model tag: student name + training fingerprint, model name, or "openai:<model>"
+    tokens: int  # generated tokens (EOS included)
+    finish: str = "eos"  # "eos" | "stop" (ran on into a new question) | "length" (hit max_new_tokens)
+    temperature: float = 0.0  # 0.0 for greedy
+    top_p: float = 1.0  # 1.0 for greedy
+    max_new_tokens: int = 0  # the cap it was generated under
+    base_seed: int | None = None  # the run's seed (``sample(seed=)``); None for greedy
+    error: str | None = None  # why a path failed (the sandbox's last error line, an API error)
+
+
+@dataclasses.dataclass
+class Job:
+    """One prompt's missing paths, as the sampler hands them to a backend."""
+
+    problem: Any  # data.Problem
+    mode: str
+    prompt: str  # prompts.student_prompt(problem.question, mode)
+    indices: list[int]  # path indices (-1 = greedy)
+    seeds: list[int | None]  # per-path seeds (None = greedy), from sample_seed
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str  # generated text, cut at a stop string, without EOS
+    tokens: int  # generated tokens
+    finish: str  # "eos" | "stop" | "length"
+    seed: int | None = None  # the seed actually used (a server backend may derive its own)
+    error: str | None = None  # set when the backend could not produce this path (written, no vote)
+
+
+def sample_seed(seed: int, problem_id: str, mode: str, index: int) -> int:
+    """The seed of one sampled path: a hash of the base seed, problem, mode and index (63 bits)."""
+    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{mode}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _cut_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stop if s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+# ----------------------------------------------------------------------------- backends
+
+class HFBackend:
+    """A transformers model: shared prefill, per-path random streams, continuous batching.
+
+    ``stream`` keeps up to ``batch_rows`` paths decoding: a prompt's paths share its prefill
+    (its KV cache is copied to each of them), a finished path leaves the batch at once, and the
+    next prompts are prefilled and merged into the batch as soon as their rows fit, so the batch
+    stays full instead of draining to its slowest path. Merging left-pads the shorter KV cache
+    (and its attention mask); columns that are padding for every live row are trimmed.
+    """
+
+    def __init__(self, model, tokenizer, tag: str, *, batch_rows: int = 64):
+        import torch
+
+        self.model, self.tokenizer, self.tag, self.batch_rows = model, tokenizer, tag, batch_rows
+        self.device = next(model.parameters()).device
+        ends = {tokenizer.eos_token_id}
+        generation_ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ends.update(generation_ends if isinstance(generation_ends, (list, tuple)) else [generation_ends])
+        self.eos = torch.tensor(sorted(e for e in ends if e is not None), device=self.device)
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt).input_ids)
+
+    def _forward(self, cache, **inputs):
+        out = self.model(cache=cache, use_cache=True, logits_to_keep=1, **inputs)
+        return out.logits[:, -1, :].float(), out.cache
+
+    def _prefill(self, jobs: list[Job]):
+        """Logits, KV cache, attention mask and next positions for the paths of ``jobs`` (one prefill each)."""
+        import torch
+
+        enc = self.tokenizer([job.prompt for job in jobs], return_tensors="pt", padding=True,
+                             padding_side="left").to(self.device)
+        positions = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(None, input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                      position_ids=positions)
+        owner = torch.tensor([j for j, job in enumerate(jobs) for _ in job.seeds], device=self.device)
+        cache.batch_select_indices(owner)  # the paths of a prompt share its prefill
+        return logits[owner], cache, enc.attention_mask[owner], positions[owner, -1] + 1
+
+    @staticmethod
+    def _mergeable(cache) -> bool:
+        return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(cache, "layers", [None]))
+
+    @staticmethod
+    def _merge(cache, mask, new_cache, new_mask):
+        """Append the rows of ``new_cache`` to ``cache``, left-padding the shorter one."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(mask.shape[1], new_mask.shape[1])
+        pad_a, pad_b = width - mask.shape[1], width - new_mask.shape[1]
+        for layer, new in zip(cache.layers, new_cache.layers):
+            layer.keys = torch.cat([F.pad(layer.keys, (0, 0, pad_a, 0)), F.pad(new.keys, (0, 0, pad_b, 0))])
+            layer.values = torch.cat([F.pad(layer.values, (0, 0, pad_a, 0)),
+                                      F.pad(new.values, (0, 0, pad_b, 0))])
+        return cache, torch.cat([F.pad(mask, (pad_a, 0)), F.pad(new_mask, (pad_b, 0))])
+
+    @staticmethod
+    def _trim(cache, mask):
+        """Drop leading KV columns that no live row attends to (left padding of rows now gone)."""
+        used = mask.any(0)
+        first = int(used.nonzero()[0]) if bool(used.any()) else 0
+        if first > 0:
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            mask = mask[:, first:]
+        return mask
+
+    def stream(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
+               stop: Sequence[str] = STOP, batch_rows: int | None = None):
+        """Yield ``[(job index, completions), ...]`` each time some jobs have all their paths finished."""
+        import torch
+
+        pending = list(range(len(jobs)))
+        left = {j: len(job.seeds) for j, job in enumerate(jobs)}
+        done_rows: dict[int, list] = {j: [None] * len(job.seeds) for j, job in enumerate(jobs)}
+        rows: list[tuple[int, int]] = []  # (job, slot) of each live row, aligned with the tensors below
+        streams: list[random.Random | None] = []
+        tokens: list[list[int]] = []
+        logits = cache = mask = position = greedy = None
+        with torch.inference_mode():
+            while pending or rows:
+                admit = []
+                free = (batch_rows or self.batch_rows) - len(rows)
+                while pending and (len(jobs[pending[0]].seeds) <= free or not rows and not admit):
+                    free -= len(jobs[pending[0]].seeds)
+                    admit.append(pending.pop(0))
+                if admit and (not rows or self._mergeable(cache)):
+                    new_logits, new_cache, new_mask, new_position = self._prefill([jobs[j] for j in admit])
+                    new_rows = [(j, slot) for j in admit for slot in range(len(jobs[j].seeds))]
+                    seeds = [jobs[j].seeds[slot] for j, slot in new_rows]
+                    new_greedy = torch.tensor([s is None for s in seeds], device=self.device)
+                    if rows:
+                        cache, mask = self._merge(cache, mask, new_cache, new_mask)
+                        logits, position = torch.cat([logits, new_logits]), torch.cat([position, new_position])
+                        greedy = torch.cat([greedy, new_greedy])
+                    else:
+                        logits, cache, mask, position = new_logits, new_cache, new_mask, new_position
+                        greedy = new_greedy
+                    rows += new_rows
+                    streams += [None if s is None else random.Random(s) for s in seeds]
+                    tokens += [[] for _ in new_rows]
+                elif admit:  # this cache cannot take new rows: wait until the batch is empty
+                    pending[:0] = admit
+                nxt = self._pick(logits, greedy, streams, temperature, top_p)
+                ended = torch.isin(nxt, self.eos).tolist()
+                finished, keep = [], []
+                for i, token in enumerate(nxt.tolist()):
+                    tokens[i].append(token)
+                    finish = ("eos" if ended[i] else
+                              "stop" if stop and any(s in self.tokenizer.decode(tokens[i][-8:]) for s in stop)
+                              else "length" if len(tokens[i]) >= max_new_tokens else None)
+                    if finish is None:
+                        keep.append(i)
+                        continue
+                    job, slot = rows[i]
+                    body = tokens[i][:-1] if finish == "eos" else tokens[i]
+                    text, _ = _cut_stop(self.tokenizer.decode(body, skip_special_tokens=True), stop)
+                    done_rows[job][slot] = Completion(text, len(tokens[i]), finish, jobs[job].seeds[slot])
+                    left[job] -= 1
+                    if left[job] == 0:
+                        finished.append((job, done_rows.pop(job)))
+                if finished:
+                    yield finished
+                if len(keep) < len(rows):  # finished rows leave the batch (and the KV cache)
+                    index = torch.tensor(keep, device=self.device, dtype=torch.long)
+                    if keep:
+                        cache.batch_select_indices(index)
+                        mask = self._trim(cache, mask[index])
+                    logits, nxt, position, greedy = logits[index], nxt[index], position[index], greedy[index]
+                    rows = [rows[i] for i in keep]
+                    streams, tokens = [streams[i] for i in keep], [tokens[i] for i in keep]
+                if not rows:
+                    continue
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+                logits, cache = self._forward(cache, input_ids=nxt[:, None], attention_mask=mask,
+                                              position_ids=position[:, None])
+                position = position + 1
+
+    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str] = STOP) -> list[list[Completion]]:
+        """One completion per (job, seed), in job order (``stream`` collected)."""
+        out: list = [None] * len(jobs)
+        for finished in self.stream(jobs, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                    stop=stop):
+            for job, completions in finished:
+                out[job] = completions
+        return out
+
+    @staticmethod
+    def _pick(logits, greedy, streams, temperature: float, top_p: float):
+        """Next token per row: argmax for greedy rows, else inverse-CDF sampling on the row's own stream."""
+        import torch
+
+        best = logits.argmax(-1)
+        if temperature == 0 or bool(greedy.all()):
+            return best
+        probs = torch.softmax(logits / temperature, dim=-1)
+        order = None
+        if top_p < 1.0:
+            probs, order = probs.sort(dim=-1, descending=True)
+            # drop the tail beyond top_p, keeping the token that crosses it
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+        cdf = probs.cumsum(-1)
+        # one uniform per row and step, from the row's own random.Random(seed): nothing else moves it
+        u = torch.tensor([s.random() if s is not None else 0.0 for s in streams], device=logits.device)
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        drawn = drawn.clamp(max=probs.shape[-1] - 1)
+        if order is not None:
+            drawn = order.gather(1, drawn.unsqueeze(1)).squeeze(1)
+        return torch.where(greedy, best, drawn)
+
+
+class OpenAIBackend(teachers.OpenAICompatible):
+    """A served student over an OpenAI-compatible ``/v1/completions`` API (vLLM, ``transformers serve``).
+
+    The teachers' client, with the student's plain-text input instead of a few-shot prompt (the
+    student was trained without a chat template). It brings retries, the API-key rules (a
+    variable named by ``api_key_env``; none needed on loopback) and ``n`` detection: a server
+    that ignores ``n`` (``transformers serve``) gets one request per path. Its seeds are the
+    teachers' per-request seeds, derived from the base seed and recorded per path. Note that
+    ``transformers serve`` samples only when the served model's generation config says
+    ``do_sample``; otherwise it decodes greedily whatever the temperature.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 8, timeout: float = 600.0, retries: int = 6,
+                 extra_body: dict | None = None):
+        super().__init__(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                         api="completions", timeout=timeout, retries=retries, name=f"openai:{model}",
+                         extra_body=extra_body)
+        self.tag, self.batch_rows, self._extra = self.name, 4 * concurrency, dict(extra_body or {})
+
+    def prompt(self, problem, mode: str) -> str:
+        return prompts.student_prompt(problem.question, mode)
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(prompt)
+
+    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int = 0, stop: Sequence[str] = STOP) -> list[list[Completion]]:
+        self.extra_body = {**self._extra, **({"top_p": top_p} if top_p < 1 else {})}
+        requests = []
+        for job in jobs:
+            sampled = [i for i in job.indices if i >= 0]
+            if -1 in job.indices:
+                requests.append(teachers.Request(job.problem, job.mode, [-1], 0.0, max_new_tokens, seed))
+            if sampled:
+                requests.append(teachers.Request(job.problem, job.mode, sampled, temperature, max_new_tokens,
+                                                 seed))
+        got = {}
+        for chunk in self.run(requests):
+            for c in chunk:
+                got[(c.problem_id, c.sample)] = c
+        out = []
+        for job in jobs:
+            group = []
+            for index in job.indices:
+                c = got.get((job.problem.id, index))
+                if c is None or c.failed:  # transport failure after retries: not written, a rerun retries it
+                    group.append(None)
+                    continue
+                text, cut = _cut_stop(c.raw or "", stop)
+                finish = "length" if c.finish_reason == "length" else ("stop" if cut else "eos")
+                group.append(Completion(text, int(c.tokens.get("completion", 0)), finish,
+                                        None if index < 0 else c.params.get("request_seed"),
+                                        error=c.error if c.status == "api_error" else None))
+            out.append(group)
+        return out
+
+
+class VLLMBackend:
+    """vLLM in-process (GPU users; ``pip install vllm``): one request per path with its own seed.
+
+    vLLM's prefix cache computes a prompt's prefill once for its k requests, and its scheduler
+    batches continuously, so this backend only builds requests. ``adapter`` is a LoRA directory.
+    """
+
+    def __init__(self, model: str, *, adapter: str | os.PathLike | None = None, tag: str | None = None,
+                 **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError("VLLMBackend needs vLLM (pip install vllm, on a CUDA machine)") from exc
+        from mdlab import models
+
+        self._vllm = vllm
+        kwargs = {"enable_prefix_caching": True, **llm_kwargs}
+        if adapter is not None:
+            kwargs.setdefault("enable_lora", True)
+        self.llm = vllm.LLM(model=models.resolve(model), **kwargs)
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("student", 1, str(adapter))
+        self.tag = tag or (str(model) if adapter is None else _adapter_tag(Path(adapter)))
+        self.batch_rows = 4096
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(prompt)
+
+    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str] = STOP) -> list[list[Completion]]:
+        params, texts = [], []
+        for job in jobs:
+            for seed in job.seeds:
+                params.append(self._vllm.SamplingParams(
+                    n=1, temperature=0.0 if seed is None else temperature,
+                    top_p=1.0 if seed is None else top_p, seed=seed, max_tokens=max_new_tokens,
+                    stop=list(stop)))
+                texts.append(job.prompt)
+        results = iter(self.llm.generate(texts, params, lora_request=self.lora, use_tqdm=False))
+        out = []
+        for job in jobs:
+            group = []
+            for seed in job.seeds:
+                choice = next(results).outputs[0]
+                finish = ("length" if choice.finish_reason == "length"
+                          else "stop" if choice.stop_reason else "eos")
+                group.append(Completion(choice.text, len(choice.token_ids), finish, seed))
+            out.append(group)
+        return out
+
+
+def _adapter_hash(adapter: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
+        if (adapter / name).exists():
+            digest.update((adapter / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _adapter_of(path: Path) -> Path | None:
+    """The adapter directory of a student directory or of an adapter directory, else None."""
+    for candidate in (path / "adapter", path):
+        if (candidate / "adapter_config.json").exists():
+            return candidate
+    return None
+
+
+def _adapter_tag(adapter: Path) -> str:
+    """Model tag of a student: its name and its training fingerprint (or a hash of the adapter files)."""
+    name = adapter.parent.name if adapter.name == "adapter" else adapter.name
+    manifest = adapter / "manifest.json"
+    if manifest.exists():
+        data = json.loads(manifest.read_text())
+        return f"{data.get('student', name)}:{str(data.get('fingerprint') or _adapter_hash(adapter))[:12]}"
+    return f"{name}:{_adapter_hash(adapter)}"
+
+
+def _load_adapter(adapter: Path):
+    """(model, tokenizer) for base + adapter: ``train.load_student`` for an mdlab adapter."""
+    from mdlab import models, train
+
+    if (adapter / train.MANIFEST).exists():  # an mdlab adapter: its manifest names and checks the base
+        loaded, tokenizer = train.load_student(adapter)
+    else:  # any PEFT adapter: adapter_config.json names the base
+        base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        loaded, tokenizer = models.load(base, adapter=adapter)
+    if not getattr(loaded, "is_loaded_in_4bit", False) and hasattr(loaded, "merge_and_unload"):
+        loaded = loaded.merge_and_unload()  # plain weights decode faster than base + LoRA
+    return loaded, tokenizer
+
+
+def backend(model, *, batch_rows: int = 64, tag: str | None = None):
+    """A backend for whatever ``model`` is (see the module docstring)."""
+    if hasattr(model, "generate") and hasattr(model, "tag") and hasattr(model, "prompt_length"):
+        return model
+    from mdlab import models
+
+    if isinstance(model, tuple):
+        loaded, tokenizer = model
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        name = getattr(loaded, "name_or_path", "model")
+        return HFBackend(loaded, tokenizer, tag or name, batch_rows=batch_rows)
+    adapter = _adapter_of(Path(str(model)))
+    if adapter is not None:
+        loaded, tokenizer = _load_adapter(adapter)
+        return HFBackend(loaded, tokenizer, tag or _adapter_tag(adapter), batch_rows=batch_rows)
+    loaded, tokenizer = models.load(str(model))
+    return HFBackend(loaded, tokenizer, tag or str(model), batch_rows=batch_rows)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def _key(rec: dict) -> tuple:
+    """The resume key of a sample record (the greedy path does not depend on temperature or seed)."""
+    return (rec["model"], rec["mode"], rec["problem_id"], rec["index"], float(rec["temperature"]),
+            float(rec.get("top_p", 1.0)), rec.get("base_seed"), rec["max_new_tokens"])
+
+
+def _finish_batch(jobs: list[Job], completions, tag: str, params: dict, store: runs.JsonlStore,
+                  pot_timeout: float, progress, lock: threading.Lock) -> int:
+    """Answers for one generated batch (the sandbox for PoT programs), then one durable append."""
+    from mdlab import sandbox
+
+    flat = [(job, index, c) for job, group in zip(jobs, completions) for index, c in zip(job.indices, group)
+            if c is not None]
+    programs = {j: teachers.clean_program(c.text) for j, (job, _, c) in enumerate(flat)
+                if job.mode == "pot" and c.error is None}
+    runnable = [j for j, program in programs.items() if program]
+    results = dict(zip(runnable, sandbox.run_many([programs[j] for j in runnable], timeout=pot_timeout)))
+    records = []
+    for j, (job, index, c) in enumerate(flat):
+        answer, error = None, c.error
+        if c.error is not None:
+            status = "api_error"
+        elif job.mode == "pot" and j not in results:
+            status, error = "no_code", "nothing in the text parses as a Python program"
+        elif job.mode == "pot":
+            answer, status, error = results[j].answer, results[j].status, results[j].error
+        else:
+            answer = answers.extract(c.text)
+            status = "ok" if answer is not None else "no_answer"
+        sampled = index >= 0
+        records.append(Sample(
+            problem_id=job.problem.id, mode=job.mode, index=index, text=c.text, answer=answer, status=status,
+            seed=c.seed if sampled else None, model=tag, tokens=c.tokens, finish=c.finish,
+            temperature=params["temperature"] if sampled else 0.0, top_p=params["top_p"] if sampled else 1.0,
+            max_new_tokens=params["max_new_tokens"], base_seed=params["seed"] if sampled else None,
+            error=error))
+    with lock:
+        store.extend(records)
+    if progress is not None:
+        progress.update(len(records))
+    return len(records)
+
+
+def _generated(engine, jobs: list[Job], rows_per_batch: int, kwargs: dict):
+    """(jobs, completions) as they finish: a streaming backend's own pace, else batches of whole jobs."""
+    if hasattr(engine, "stream"):
+        for finished in engine.stream(jobs, batch_rows=rows_per_batch, **kwargs):
+            yield [jobs[j] for j, _ in finished], [c for _, c in finished]
+        return
+    batch, rows = [], 0
+    for job in jobs + [None]:
+        if batch and (job is None or rows + len(job.indices) > rows_per_batch):
+            yield batch, engine.generate(batch, **kwargs)
+            batch, rows = [], 0
+        if job is not None:
+            batch.append(job)
+            rows += len(job.indices)
+
+
+def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int, run_dir,
+           greedy: bool = True, top_p: float = 1.0, max_new_tokens: int = 256, batch_rows: int | None = None,
+           pot_timeout: float = 3.0, tag: str | None = None, progress: bool = True) -> list[Sample]:
+    """Greedy (index -1) and k sampled paths per problem, appended to ``run_dir/samples.jsonl``.
+
+    ``model``: a name or path, a student directory, a ``(model, tokenizer)`` pair or a backend
+    (``backend(...)``, ``OpenAIBackend``, ``VLLMBackend``); pass a backend to load a model once
+    for several calls. Resumable: a path already in the file (same key) is not decoded again.
+    Returns this call's samples (old and new) in problem order, greedy first, then by index.
+    """
+    if mode not in prompts.MODES:
+        raise ValueError(f"mode must be one of {prompts.MODES}, got {mode!r}")
+    if k > 0 and temperature <= 0:
+        raise ValueError("sampled paths need temperature > 0 (greedy=True gives the greedy path)")
+    store = runs.JsonlStore(Path(runs.run_dir(run_dir)) / SAMPLES_FILE)
+    engine = backend(model, batch_rows=batch_rows or 64, tag=tag)
+    rows_per_batch = batch_rows or engine.batch_rows
+    params = {"temperature": float(temperature), "top_p": float(top_p), "max_new_tokens": int(max_new_tokens),
+              "seed": int(seed)}
+    indices = ([-1] if greedy else []) + list(range(k))
+
+    def key(problem, index: int) -> tuple:
+        sampled = index >= 0
+        return _key({"model": engine.tag, "mode": mode, "problem_id": problem.id, "index": index,
+                     "temperature": params["temperature"] if sampled else 0.0,
+                     "top_p": params["top_p"] if sampled else 1.0, "base_seed": seed if sampled else None,
+                     "max_new_tokens": params["max_new_tokens"]})
+
+    def done() -> dict:
+        have = {}
+        for rec in store.read():
+            have.setdefault(_key(rec), rec)
+        return have
+
+    have = done()
+    jobs = []
+    for problem in problems:
+        missing = [i for i in indices if key(problem, i) not in have]
+        if missing:
+            jobs.append(Job(problem, mode, prompts.student_prompt(problem.question, mode), missing,
+                            [None if i < 0 else sample_seed(seed, problem.id, mode, i) for i in missing]))
+    if jobs:
+        jobs.sort(key=lambda job: engine.prompt_length(job.prompt))  # similar lengths: little padding
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sum(len(job.indices) for job in jobs), desc=f"{engine.tag} {mode}", unit="path")
+        generate_kwargs = {"temperature": params["temperature"], "top_p": params["top_p"],
+                           "max_new_tokens": params["max_new_tokens"]}
+        if isinstance(engine, OpenAIBackend):
+            generate_kwargs["seed"] = seed
+        lock = threading.Lock()
+        futures: list[Future] = []
+        # one worker: answers (the sandbox for PoT) and appends run while generation goes on
+        with ThreadPoolExecutor(1) as writer:
+            for batch, completions in _generated(engine, jobs, rows_per_batch, generate_kwargs):
+                futures.append(writer.submit(_finish_batch, batch, completions, engine.tag, params, store,
+                                             pot_timeout, bar, lock))
+                for future in [f for f in futures if f.done()]:
+                    future.result()  # surface a failure now, not at the end
+            for future in futures:
+                future.result()
+        if bar is not None:
+            bar.close()
+        have = done()
+    missing = [(p.id, i) for p in problems for i in indices if key(p, i) not in have]
+    if missing:
+        raise RuntimeError(f"{len(missing)} path(s) could not be generated (e.g. {missing[:3]}): the server "
+                           "failed after its retries; run sample() again to retry them")
+    return [Sample(**_fields(have[key(problem, i)])) for problem in problems for i in indices]
+
+
+def _fields(rec: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(Sample)}
+    return {key: value for key, value in rec.items() if key in names}
+
+
+def read_samples(path: str | os.PathLike) -> list[Sample]:
+    """The samples of a ``samples.jsonl`` (or of a directory holding one), duplicates dropped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SAMPLES_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebooks/04_self_consistency.ipynb first")
+    seen, out = set(), []
+    for rec in runs.JsonlStore(path).read():
+        if _key(rec) not in seen:
+            seen.add(_key(rec))
+            out.append(Sample(**_fields(rec)))
+    return out
+
+
+# ----------------------------------------------------------------------------- voting
+
+def vote(answers_: Iterable[float | None]) -> float | None:
+    """Majority answer: None does not vote, ``answers.same`` pools, ties go to the earliest first path."""
+    candidates: list[list] = []  # [representative, count, first position]
+    for position, answer in enumerate(answers_):
+        if answer is None:
+            continue
+        for candidate in candidates:
+            if answers.same(answer, candidate[0]):
+                candidate[1] += 1
+                break
+        else:
+            candidates.append([answer, 1, position])
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: (c[1], -c[2]))[0]
+
+
+def _clusters(values: list[float | None]) -> tuple[list[int], list[float]]:
+    """Candidate id per path (-1 = no vote), the same grouping ``vote`` makes, and the representatives."""
+    reps: list[float] = []
+    ids = []
+    for value in values:
+        if value is None:
+            ids.append(-1)
+            continue
+        for c, rep in enumerate(reps):
+            if answers.same(value, rep):
+                ids.append(c)
+                break
+        else:
+            reps.append(value)
+            ids.append(len(reps) - 1)
+    return ids, reps
+
+
+def _subsets(n: int, k: int, limit: int, rng):
+    """Index subsets (rows sorted): all C(n, k) when at most ``limit``, else ``limit`` random ones."""
+    import numpy as np
+
+    if math.comb(n, k) <= limit:
+        return np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    return _random_subsets(n, k, limit, rng)
+
+
+def _random_subsets(n: int, k: int, count: int, rng):
+    import numpy as np
+
+    return np.sort(np.argsort(rng.random((count, n)), axis=1)[:, :k], axis=1)
+
+
+def _vote_rows(ids, correct):
+    """Vectorised ``vote`` over rows of candidate ids in list order: 1.0 / 0.0 correct, NaN no winner."""
+    import numpy as np
+
+    rows, width = ids.shape
+    n_cand = len(correct)
+    if n_cand == 0:
+        return np.full(rows, np.nan)
+    onehot = ids[:, :, None] == np.arange(n_cand)[None, None, :]
+    counts = onehot.sum(1)
+    first = np.where(onehot.any(1), onehot.argmax(1), width)
+    winner = (counts * (width + 1) - first).argmax(1)
+    return np.where(counts.max(1) > 0, np.asarray(correct, float)[winner], np.nan)
+
+
+def _problem_acc(cot: list, pot: list, gold: float, policy: str, k: int, limit: int, rng) -> float:
+    """Mean correctness of the policy's vote over k-subsets of one problem's paths."""
+    import numpy as np
+
+    ids, reps = _clusters(list(pot) + list(cot))
+    ids = np.asarray(ids, dtype=np.int64)
+    pot_ids, cot_ids = ids[:len(pot)], ids[len(pot):]
+    correct = [answers.same(rep, gold) for rep in reps]
+    if policy in ("cot", "pot"):
+        pool = cot_ids if policy == "cot" else pot_ids
+        won = _vote_rows(pool[_subsets(len(pool), k, limit, rng)], correct)
+        return float(np.nan_to_num(won).mean())
+    if math.comb(len(pot), k) * math.comb(len(cot), k) <= limit:
+        pairs = list(itertools.product(_subsets(len(pot), k, limit, rng), _subsets(len(cot), k, limit, rng)))
+        pot_rows = np.array([p for p, _ in pairs]).reshape(-1, k)
+        cot_rows = np.array([c for _, c in pairs]).reshape(-1, k)
+    else:  # independent random halves: k PoT paths and k CoT paths per draw
+        pot_rows = _random_subsets(len(pot), k, limit, rng)
+        cot_rows = _random_subsets(len(cot), k, limit, rng)
+    if policy == "mixed":
+        won = _vote_rows(np.concatenate([pot_ids[pot_rows], cot_ids[cot_rows]], axis=1), correct)
+    elif policy == "pot_then_cot":
+        won = _vote_rows(pot_ids[pot_rows], correct)
+        won = np.where(np.isnan(won), _vote_rows(cot_ids[cot_rows], correct), won)
+    else:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    return float(np.nan_to_num(won).mean())
+
+
+def _as_samples(samples) -> list[Sample]:
+    if hasattr(samples, "to_dict"):  # a DataFrame
+        samples = samples.to_dict("records")
+    return [s if isinstance(s, Sample) else Sample(**_fields(s)) for s in samples]
+
+
+def _group(samples, problems, modes, *, sampled: bool) -> dict[str, dict[str, list]]:
+    """problem id -> mode -> answers in index order (sampled paths, or the greedy one)."""
+    samples = _as_samples(samples)
+    gold_ids = {p.id for p in problems}
+    stray = sorted({s.problem_id for s in samples} - gold_ids)
+    if stray:
+        raise ValueError(f"samples for problems not in `problems`: {stray[:5]}"
+                         f"{' ...' if len(stray) > 5 else ''}")
+    out: dict[str, dict[str, list]] = {p.id: {m: [] for m in modes} for p in problems}
+    for s in sorted(samples, key=lambda s: s.index):
+        if s.mode in modes and (s.index >= 0) == sampled:
+            out[s.problem_id][s.mode].append(s.answer)
+    empty = [pid for pid, by_mode in out.items() if any(not by_mode[m] for m in modes)]
+    if empty:
+        raise ValueError(f"{len(empty)} problem(s) have no {'sampled' if sampled else 'greedy'} "
+                         f"{'/'.join(modes)} paths, e.g. {empty[:3]}; sample them first (evaluate.sample)")
+    return out
+
+
+def _modes(policy: str) -> tuple[str, ...]:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    return (policy,) if policy in prompts.MODES else ("cot", "pot")
+
+
+def _interval(per_problem, bootstrap: int, ci: float, seed: int):
+    """Percentile bootstrap over problems: (lo, hi) per column of a [problems, columns] array."""
+    import numpy as np
+
+    per_problem = np.asarray(per_problem, float)
+    if bootstrap == 0 or len(per_problem) < 2:
+        mean = per_problem.mean(0)
+        return mean, mean
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(per_problem), size=(bootstrap, len(per_problem)))
+    means = per_problem[draws].mean(1)
+    tail = (1 - ci) / 2 * 100
+    return np.percentile(means, tail, axis=0), np.percentile(means, 100 - tail, axis=0)
+
+
+def acc_at_k(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
+             n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
+    """Accuracy vs k (paths per mode) for one policy: DataFrame with k, acc, lo, hi, n (problems)."""
+    import numpy as np
+    import pandas as pd
+
+    modes = _modes(policy)
+    grouped = _group(samples, problems, modes, sampled=True)
+    n_min = min(len(by_mode[m]) for by_mode in grouped.values() for m in modes)
+    ks = list(ks) if ks is not None else list(range(1, n_min + 1))
+    if not ks or min(ks) < 1 or max(ks) > n_min:
+        raise ValueError(f"ks must lie in 1..{n_min} (the fewest sampled paths of any problem), got {ks}")
+    rng = np.random.default_rng(seed)
+    gold = {p.id: p.answer for p in problems}
+    per_problem = np.array([
+        [_problem_acc(by_mode.get("cot", []), by_mode.get("pot", []), gold[pid], policy, k, n_subsets, rng)
+         for k in ks]
+        for pid, by_mode in grouped.items()])
+    lo, hi = _interval(per_problem, bootstrap, ci, seed)
+    return pd.DataFrame({"k": ks, "acc": per_problem.mean(0), "lo": lo, "hi": hi, "n": len(grouped)})
+
+
+def greedy_accuracy(samples, problems, *, policies: Sequence[str] = ("cot", "pot", "pot_then_cot"),
+                    bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
+    """Single-path (greedy) accuracy per policy present: DataFrame with policy, acc, lo, hi, n."""
+    import numpy as np
+    import pandas as pd
+
+    samples = _as_samples(samples)
+    present = {s.mode for s in samples if s.index < 0}
+    rows = []
+    for policy in policies:
+        modes = _modes(policy)
+        if not set(modes) <= present:
+            continue
+        grouped = _group(samples, problems, modes, sampled=False)
+        gold = {p.id: p.answer for p in problems}
+        hits = []
+        for pid, by_mode in grouped.items():
+            pot, cot = by_mode.get("pot", [None])[0], by_mode.get("cot", [None])[0]
+            pick = {"cot": cot, "pot": pot, "mixed": pot if pot is not None else cot,
+                    "pot_then_cot": pot if pot is not None else cot}[policy]
+            hits.append([float(answers.same(pick, gold[pid]))])
+        lo, hi = _interval(hits, bootstrap, ci, seed)
+        rows.append({"policy": policy, "acc": float(np.mean(hits)), "lo": float(lo[0]), "hi": float(hi[0]),
+                     "n": len(hits)})
+    return pd.DataFrame(rows, columns=["policy", "acc", "lo", "hi", "n"])
+
+
+def curves(samples, problems, *, policies: Sequence[str] = POLICIES, ks: Sequence[int] | None = None,
+           n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
+    """acc@k for every policy whose modes have sampled paths: DataFrame with policy, k, acc, lo, hi, n."""
+    import pandas as pd
+
+    samples = _as_samples(samples)
+    present = {s.mode for s in samples if s.index >= 0}
+    frames = []
+    for policy in policies:
+        if set(_modes(policy)) <= present:
+            frame = acc_at_k(samples, problems, policy=policy, ks=ks, n_subsets=n_subsets, seed=seed,
+                             bootstrap=bootstrap, ci=ci)
+            frames.append(frame.assign(policy=policy))
+    if not frames:
+        return pd.DataFrame(columns=["policy", "k", "acc", "lo", "hi", "n"])
+    return pd.concat(frames, ignore_index=True)[["policy", "k", "acc", "lo", "hi", "n"]]
+
+
+# ----------------------------------------------------------------------------- students (notebooks 04-05)
+
+def students(run_dir: str | os.PathLike) -> list[Path]:
+    """Trained student directories ``students/<name>/`` (with an adapter), MD first."""
+    root = Path(run_dir) / "students"
+    found = sorted((d for d in root.glob("*") if _adapter_of(d) is not None),
+                   key=lambda d: (d.name != "md", d.name))
+    if not found:
+        raise FileNotFoundError(f"no trained student under {root} (students/<name>/adapter/): "
+                                "run notebooks/03_train_md_qlora.ipynb first")
+    return found
+
+
+def student_modes(student_dir: str | os.PathLike) -> tuple[str, ...]:
+    """The modes a student was trained on (its manifest's example counts), else from its name."""
+    student_dir = Path(student_dir)
+    for manifest in (student_dir / "manifest.json", student_dir / "adapter" / "manifest.json"):
+        if manifest.exists():
+            by_mode = json.loads(manifest.read_text()).get("by_mode") or {}
+            modes = tuple(m for m in prompts.MODES if by_mode.get(m))
+            if modes:
+                return modes
+    return (student_dir.name,) if student_dir.name in prompts.MODES else prompts.MODES
+
+
+def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig, *, progress: bool = True):
+    """Greedy + k paths in each of the student's modes into ``student_dir/samples.jsonl``.
+
+    Students named in ``config.sc_students`` get ``config.k`` sampled paths, the others greedy
+    only. Returns (samples, seconds, generated tokens this call).
+    """
+    student_dir = Path(student_dir)
+    store = runs.JsonlStore(student_dir / SAMPLES_FILE)
+    before = len(store.read())
+    start = time.perf_counter()
+    engine = backend(student_dir, batch_rows=config.batch_rows)
+    k = config.k if student_dir.name in config.sc_students else 0
+    out = []
+    for mode in student_modes(student_dir):
+        out += sample(engine, problems, mode, k=k, temperature=config.temperature, seed=config.seed,
+                      run_dir=student_dir, greedy=config.greedy or k == 0, top_p=config.top_p,
+                      max_new_tokens=config.max_new_tokens, pot_timeout=config.pot_timeout, progress=progress)
+    new = store.read()[before:]
+    return out, time.perf_counter() - start, sum(r["tokens"] for r in new)
+
+
+def summary(samples):
+    """Per mode and kind (greedy / sampled): paths, share with an answer, share ended by EOS, mean tokens."""
+    import pandas as pd
+
+    frame = pd.DataFrame([dataclasses.asdict(s) for s in _as_samples(samples)])
+    if frame.empty:
+        return frame
+    frame["kind"] = frame["index"].map(lambda i: "greedy" if i < 0 else "sampled")
+    return frame.groupby(["model", "mode", "kind"]).agg(
+        paths=("text", "size"), answered=("answer", lambda a: a.notna().mean()),
+        eos=("finish", lambda f: (f == "eos").mean()), tokens=("tokens", "mean")).reset_index()
+
+
+def select(samples, config: EvalConfig, *, model: str | None = None, problems=None) -> list[Sample]:
+    """The samples a config asked for (seed, temperature, top_p, max_new_tokens), of one model and problems.
+
+    A samples file can hold several runs (another temperature, a retrained student); scores
+    must not mix them.
+    """
+    wanted = None if problems is None else {p.id for p in problems}
+    out = []
+    for s in _as_samples(samples):
+        if (model is not None and s.model != model) or (wanted is not None and s.problem_id not in wanted):
+            continue
+        if s.max_new_tokens != config.max_new_tokens:
+            continue
+        if s.index >= 0 and (s.temperature != config.temperature or s.top_p != config.top_p
+                             or s.base_seed != config.seed):
+            continue
+        out.append(s)
+    return out
+
+
+def evaluate_students(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
+                      ks: Sequence[int] | None = None):
+    """(curves, greedy) DataFrames over every student's samples, with a ``student`` column."""
+    import pandas as pd
+
+    curve_frames, greedy_frames = [], []
+    for student_dir in students(run_dir):
+        samples = select(read_samples(student_dir), config, model=_adapter_tag(_adapter_of(student_dir)),
+                         problems=problems)
+        if any(s.index >= 0 for s in samples):
+            frame = curves(samples, problems, ks=ks, n_subsets=config.n_subsets, seed=config.seed,
+                           bootstrap=config.bootstrap, ci=config.ci)
+            curve_frames.append(frame.assign(student=student_dir.name))
+        greedy_frames.append(greedy_accuracy(samples, problems, bootstrap=config.bootstrap, ci=config.ci,
+                                             seed=config.seed).assign(student=student_dir.name))
+    columns = ["student", "policy", "k", "acc", "lo", "hi", "n"]
+    curve = (pd.concat(curve_frames, ignore_index=True)[columns] if curve_frames
+             else pd.DataFrame(columns=columns))
+    greedy = pd.concat(greedy_frames, ignore_index=True)[["student", "policy", "acc", "lo", "hi", "n"]]
+    return curve, greedy

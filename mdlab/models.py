@@ -164,7 +164,8 @@ def load(name: str | os.PathLike, *, quant: Quant = "auto", adapter: str | os.Pa
     qconfig = quantization_config(quant)
     kwargs = {"quantization_config": qconfig} if qconfig is not None else {}
     if torch.cuda.is_available():
-        kwargs.update(dtype=torch.bfloat16, device_map={"": 0})
+        # one GPU per process when launched data parallel (torchrun / accelerate launch set LOCAL_RANK)
+        kwargs.update(dtype=torch.bfloat16, device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
     else:
         kwargs.update(dtype=torch.float32)
     try:

@@ -1,14 +1,885 @@
-"""MD example builder and (Q)LoRA fine-tuning (skeleton; see issue 6)."""
+"""MD example builder and (Q)LoRA fine-tuning of the student.
+
+``build_examples(rationales, problems, mode)`` turns curated teacher rationales into
+prompt-completion records: prompt = ``prompts.student_prompt(question, mode)`` (the same
+input ``evaluate`` samples from), completion = rationale + the tokenizer's EOS token (so the
+student learns to stop after its rationale). ``mode="md"`` mixes CoT and PoT (multi-task, the
+task prefix in the prompt tells the student which to write); ``"cot"`` / ``"pot"`` are the
+single-mode baselines. Every example is tokenized here and checked: one that would not fit
+``max_length`` (and so be silently truncated, or lose all its label tokens) is dropped,
+counted and named in a warning, never trained on.
+
+``fit(config, examples, run_dir)`` trains one student into ``run_dir/students/<student>/``:
+``adapter/`` (LoRA weights, ``adapter_config.json``, ``manifest.json``), ``loss.csv`` (one row
+per logged step, appended and flushed as it trains), ``checkpoints/`` while it runs and
+``manifest.json``. Choices:
+
+- TRL's ``SFTTrainer`` rather than the plain ``Trainer``: it gives completion-only loss for
+  prompt-completion data, padding-free best-fit-decreasing packing (``position_ids`` restart
+  per example; transformers turns them into a block-diagonal mask for SDPA, so packing is
+  exact on CPU too -- tested), the PEFT/QLoRA wiring and token counts, all maintained
+  upstream. We tokenize ourselves and hand it ``input_ids`` + ``labels`` so the length and
+  label checks above apply to exactly what is trained (TRL would otherwise re-tokenize and
+  truncate silently).
+- Quantization per design.md through ``models.load(quant=...)``: NF4 + double quantization
+  + bf16 compute on CUDA (QLoRA), plain LoRA on fp32 weights on CPU; ``quant="nf4"`` forces
+  4-bit on CPU too (slow, tested). Gradient checkpointing and bf16 on CUDA; paged 8-bit AdamW
+  on CUDA, plain AdamW on CPU.
+- Batching: ``packed`` (best-fit-decreasing bins of at most ``max_length`` tokens, one
+  padding-free row per micro-step, rows accumulated to about ``batch_size`` examples per
+  optimizer step), ``grouped`` (length-grouped sampler, padded batches) or ``padded`` (random
+  batches padded to their longest; the naive baseline of ``bench/train.py``).
+- Resume: checkpoints every ``save_steps``; a new ``fit`` on the same run directory with the
+  same config and data resumes from the latest *complete* checkpoint, truncates ``loss.csv``
+  to it and continues. A finished adapter with the same fingerprint (config, data, base
+  model) is reused without training; a different one is an error unless ``overwrite=True``.
+- The adapter is written into a temporary directory and renamed at the end, so a killed run
+  never leaves a half-written adapter that looks complete. Only rank 0 writes, so the same
+  ``fit`` runs data parallel under ``torchrun`` / ``accelerate launch``.
+
+Also: ``estimate_memory`` (will a run fit a GPU, from config.json alone), ``merge`` (adapter
+into a 16-bit base, one call), ``load_student`` (base + adapter, refusing a different base),
+``train_students`` / ``read_loss`` / ``plot_losses`` / ``summary`` for notebook 03.
+
+What it simplifies: the CoT:PoT weight is reached by repeating examples of the
+under-represented mode, not by a per-example loss weight (same expected gradient, and it
+works with packing); one LoRA config for all linear layers; no evaluation during training
+(``evaluate`` does that on the test split).
+"""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-from typing import Literal
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+STUDENTS = ("md", "cot", "pot")
+MANIFEST = "manifest.json"
+LOSS_CSV = "loss.csv"
+LOSS_FIELDS = ("step", "epoch", "loss", "learning_rate", "tokens")
+# config fields that change what is trained; the others (bookkeeping) may change between runs
+_BOOKKEEPING = {"mode", "students", "save_steps", "save_total_limit", "logging_steps", "keep_checkpoints"}
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or finish; the message says why and what to change."""
+
+
+class AdapterMismatchError(TrainError):
+    """An adapter is being put on a base model other than the one it was trained on."""
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "embedded"  # student: "embedded", "tiny", a hub id or a local path
-    mode: Literal["md", "cot", "pot"] = "md"  # md = CoT and PoT mixed; cot / pot = single-mode baselines
-    seed: int = 0  # seed for data order and LoRA init
+    model: str = "embedded"  # student base: "embedded", "tiny", a hub id or a local path
+    mode: Literal["md", "cot", "pot"] = "md"  # the student `fit` trains when none is named (md = CoT + PoT)
+    students: list[str] = dataclasses.field(default_factory=lambda: list(STUDENTS))  # students notebook 03 trains
+    seed: int = 0  # seed for example choice, data order and LoRA init
+    # --- examples
+    cot_weight: float = 0.5  # lambda: share of CoT among MD examples, reached by repeating the scarcer mode
+    per_problem: int | None = None  # at most this many rationales per problem and mode (None = all)
+    max_problems: int | None = None  # train on rationales of at most N problems (seeded choice; None = all)
+    max_length: int = 512  # longest prompt+completion in tokens; longer examples are dropped and reported
+    # --- model and LoRA
+    quant: Literal["auto", "none", "nf4"] = "auto"  # auto = NF4 QLoRA on CUDA, fp32 LoRA on CPU
+    lora_rank: int = 16  # LoRA r
+    lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: str | list[str] = "all-linear"  # LoRA targets (peft syntax)
+    # --- optimisation
+    epochs: float = 1.0  # passes over the examples (ignored when max_steps is set)
+    max_steps: int | None = None  # stop after this many optimizer steps (None = epochs decide)
+    batch_size: int = 8  # examples per device per step (packed: about this many, by tokens)
+    grad_accum: int = 1  # gradient accumulation steps
+    learning_rate: float = 2e-4  # peak learning rate
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"  # schedule
+    warmup: float = 0.05  # warmup: a fraction of the steps if < 1, else a number of steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    optim: Literal["auto", "paged_adamw_8bit", "adamw_torch"] = "auto"  # auto = paged 8-bit on CUDA, AdamW on CPU
+    gradient_checkpointing: bool | None = None  # None = on for CUDA (memory), off on CPU (speed)
+    batching: Literal["packed", "grouped", "padded"] = "packed"  # see the module docstring
+    # --- bookkeeping
+    save_steps: int = 50  # checkpoint every N optimizer steps (resume point after a kill)
+    save_total_limit: int = 2  # checkpoints kept on disk while training
+    logging_steps: int = 1  # a loss.csv row every N steps
+    keep_checkpoints: bool = False  # keep checkpoints/ after the adapter is saved
 
+    def __post_init__(self):
+        if self.mode not in STUDENTS:
+            raise ValueError(f"train.mode must be one of {STUDENTS}, got {self.mode!r}")
+        bad = [s for s in self.students if s not in STUDENTS]
+        if bad or not self.students:
+            raise ValueError(f"train.students must be a non-empty list drawn from {STUDENTS}, got {self.students!r}")
+        if not 0.0 < self.cot_weight < 1.0:
+            raise ValueError(f"train.cot_weight (lambda) must be strictly between 0 and 1, got {self.cot_weight}")
+        for name in ("per_problem", "max_problems", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"train.{name} must be a positive number or null, got {value}")
+        for name in ("max_length", "lora_rank", "batch_size", "grad_accum", "save_steps", "logging_steps",
+                     "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ValueError("train.epochs and train.learning_rate must be positive")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.warmup < 0:
+            raise ValueError(f"train.warmup must be >= 0, got {self.warmup}")
+        choices = {"quant": ("auto", "none", "nf4"), "batching": ("packed", "grouped", "padded"),
+                   "optim": ("auto", "paged_adamw_8bit", "adamw_torch"),
+                   "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+# ---------------------------------------------------------------------------------- examples
+
+class ExampleSet(list):
+    """The examples (a plain list of dicts) plus what was left out and why."""
+
+    def __init__(self, examples: Iterable[dict] = (), dropped: dict[str, list[str]] | None = None):
+        super().__init__(examples)
+        self.dropped: dict[str, list[str]] = dropped or {}  # reason -> rationale ids
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ex in self:
+            key = ex["mode"] + ("+repeat" if ex.get("repeat") else "")
+            out[key] = out.get(key, 0) + 1
+        out.update({f"dropped:{k}": len(v) for k, v in self.dropped.items() if v})
+        return out
+
+
+def _encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """(input_ids, prompt length): the prompt tokenized alone, as at sampling time, then the completion.
+
+    Tokenizing the two parts separately keeps the prompt's tokens identical to the ones the
+    student sees when it samples; the completion always ends with the EOS id.
+    """
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if not completion_ids or completion_ids[-1] != tokenizer.eos_token_id:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    return prompt_ids + completion_ids, len(prompt_ids)
+
+
+def _report(dropped: dict[str, list[str]], where: str) -> None:
+    parts = [f"{reason}: {len(ids)} (e.g. {', '.join(map(str, ids[:5]))})" for reason, ids in dropped.items() if ids]
+    if parts:
+        message = f"{where}: left out {sum(map(len, dropped.values()))} rationale(s) -- " + "; ".join(parts)
+        log.warning(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def build_examples(rationales, problems, mode: str = "md", *, config: TrainConfig | None = None) -> ExampleSet:
+    """Prompt-completion records for one student from curated (kept) teacher rationales.
+
+    Each record: ``prompt``, ``completion`` (rationale + EOS), ``mode`` (cot | pot),
+    ``problem_id``, ``rationale_id``, ``teacher``, ``tokens`` (prompt + completion),
+    ``prompt_tokens`` and ``repeat`` (0, or k for the k-th repetition made to reach
+    ``cot_weight``). Rationales that are empty, answer a problem not in ``problems``, or do not
+    fit ``config.max_length`` are left out, reported in a warning and in ``.dropped``.
+    """
+    from mdlab import data, models, prompts, teachers
+
+    config = config or TrainConfig()
+    if mode not in STUDENTS:
+        raise ValueError(f"mode must be one of {STUDENTS}, got {mode!r}")
+    wanted = prompts.MODES if mode == "md" else (mode,)
+    by_id = data.by_id(problems)
+    dropped: dict[str, list[str]] = {"unknown_problem": [], "empty": [], "too_long": [], "over_per_problem": []}
+    groups: dict[tuple[str, str], list] = {}
+    for r in rationales:
+        r = r if isinstance(r, teachers.Rationale) else teachers.Rationale.from_dict(r)
+        if r.mode not in wanted:
+            continue
+        if r.problem_id not in by_id:
+            dropped["unknown_problem"].append(r.id)
+        elif not (r.text or "").strip():
+            dropped["empty"].append(r.id)
+        else:
+            groups.setdefault((r.problem_id, r.mode), []).append(r)
+
+    chosen_problems = [p.id for p in problems if any((p.id, m) in groups for m in wanted)]
+    if config.max_problems is not None and len(chosen_problems) > config.max_problems:
+        keep = set(random.Random(config.seed).sample(chosen_problems, config.max_problems))
+        chosen_problems = [pid for pid in chosen_problems if pid in keep]
+
+    tokenizer = models.load_tokenizer(config.model)
+    per_mode: dict[str, list[dict]] = {m: [] for m in wanted}
+    for pid in chosen_problems:
+        for m in wanted:
+            group = sorted(groups.get((pid, m), []), key=lambda r: (r.sample, r.teacher, r.id))
+            if config.per_problem is not None:
+                dropped["over_per_problem"] += [r.id for r in group[config.per_problem:]]
+                group = group[:config.per_problem]
+            for r in group:
+                prompt = prompts.student_prompt(by_id[pid].question, m)
+                completion = r.text.strip() + tokenizer.eos_token
+                ids, n_prompt = _encode(tokenizer, prompt, completion)
+                if len(ids) > config.max_length:
+                    dropped["too_long"].append(r.id)
+                    continue
+                per_mode[m].append({"prompt": prompt, "completion": completion, "mode": m, "problem_id": pid,
+                                    "rationale_id": r.id, "teacher": r.teacher, "tokens": len(ids),
+                                    "prompt_tokens": n_prompt, "repeat": 0})
+    _report({k: v for k, v in dropped.items() if k != "over_per_problem"}, f"build_examples({mode!r})")
+
+    if mode == "md" and all(per_mode.values()):
+        per_mode = _reweight(per_mode, config.cot_weight, config.seed)
+    elif mode == "md" and any(per_mode.values()):
+        missing = [m for m, exs in per_mode.items() if not exs]
+        warnings.warn(f"build_examples('md'): no usable {' / '.join(missing)} rationales; the MD student gets "
+                      "one mode only", stacklevel=2)
+    examples = [ex for m in wanted for ex in per_mode[m]]
+    if not examples:
+        raise TrainError(f"build_examples({mode!r}): no training examples left from {len(rationales)} rationale(s) "
+                         f"and {len(problems)} problem(s) (left out: { {k: len(v) for k, v in dropped.items()} }). "
+                         "Check that curation kept rationales of this mode and that max_length "
+                         f"({config.max_length}) fits them.")
+    return ExampleSet(examples, dropped)
+
+
+def _reweight(per_mode: dict[str, list[dict]], cot_weight: float, seed: int) -> dict[str, list[dict]]:
+    """Repeat examples of the scarcer mode until CoT makes up ``cot_weight`` of the examples.
+
+    Repetition (never dropping) keeps every rationale; in expectation it weighs the two
+    per-mode losses as lambda : 1 - lambda, like a weighted multi-task loss would.
+    """
+    n_cot, n_pot = len(per_mode["cot"]), len(per_mode["pot"])
+    target_cot = max(n_cot, round(n_pot * cot_weight / (1 - cot_weight)))
+    target_pot = max(n_pot, round(n_cot * (1 - cot_weight) / cot_weight))
+    if target_cot > n_cot:
+        target_pot = n_pot
+    else:
+        target_cot = n_cot
+    rng = random.Random(seed)
+    out = {}
+    for m, target in (("cot", target_cot), ("pot", target_pot)):
+        base = per_mode[m]
+        extra = []
+        while len(base) + len(extra) < target:
+            order = list(range(len(base)))
+            rng.shuffle(order)
+            rnd = (len(base) + len(extra)) // len(base)
+            extra += [{**base[i], "repeat": rnd} for i in order[:target - len(base) - len(extra)]]
+        out[m] = base + extra
+    return out
+
+
+# --------------------------------------------------------------------------- base identity
+
+def _model_dir(name: str) -> Path | None:
+    """Local directory of a model (resolving embedded/tiny and cached hub ids), or None."""
+    from mdlab import models
+
+    path = Path(models.resolve(name))
+    if path.is_dir():
+        return path
+    try:
+        from transformers.utils import cached_file
+
+        found = cached_file(str(name), "config.json", _raise_exceptions_for_missing_entries=False)
+        return Path(found).parent if found else None
+    except (OSError, ValueError):  # not cached and offline: identity falls back to the name
+        return None
+
+
+def base_fingerprint(name: str) -> dict[str, Any]:
+    """Identity of a base model: its name, a hash of config.json and a cheap hash of the weights.
+
+    The weights hash reads the size plus the first and last MiB of each safetensors file, so
+    two random models with the same shape (tiny seeds) differ, and a 7B base is not re-read.
+    """
+    path = _model_dir(name)
+    out: dict[str, Any] = {"name": str(name), "path": str(path) if path else None, "config_sha256": None,
+                           "weights_sha256": None}
+    if path is None or not (path / "config.json").exists():
+        return out
+    config = json.loads((path / "config.json").read_text())
+    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "quantization_config",
+                     "use_cache", "architectures"):
+        config.pop(volatile, None)
+    out["config_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+    out["weights_sha256"] = digest.hexdigest()
+    return out
+
+
+def read_adapter_manifest(adapter_dir: str | os.PathLike) -> dict:
+    path = Path(adapter_dir) / MANIFEST
+    if not path.exists():
+        raise TrainError(f"{adapter_dir} is not a finished mdlab adapter (no {MANIFEST}); a training run that was "
+                         "killed leaves only checkpoints: run train.fit again to resume it")
+    return json.loads(path.read_text())
+
+
+def check_base(adapter_dir: str | os.PathLike, model: str) -> dict:
+    """Raise ``AdapterMismatchError`` unless ``model`` is the base the adapter was trained on."""
+    manifest = read_adapter_manifest(adapter_dir)
+    want, got = manifest["base"], base_fingerprint(model)
+    for key, what in (("config_sha256", "architecture (config.json)"), ("weights_sha256", "weights")):
+        if want.get(key) and got.get(key) and want[key] != got[key]:
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} was trained on {want['name']!r} ({want.get('path')}), but {model!r} has a "
+                f"different {what}. Load it onto its own base (train.load_student(adapter_dir) reads the base from "
+                "the manifest) or retrain on this model.")
+    return manifest
+
+
+def load_student(adapter_dir: str | os.PathLike, *, model: str | None = None, quant: str = "auto"):
+    """(model, tokenizer): the adapter's base (from its manifest, or ``model``), checked, with the adapter on."""
+    from mdlab import models
+
+    manifest = read_adapter_manifest(adapter_dir)
+    base = model or manifest["base"]["name"]
+    check_base(adapter_dir, base)
+    return models.load(base, quant=quant, adapter=adapter_dir)
+
+
+def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, dtype=None,
+          model: str | None = None):
+    """Merge a LoRA adapter into its 16-bit base; returns (model, tokenizer), saved to ``out_dir`` if given.
+
+    A QLoRA adapter is merged into the unquantized base (bf16 by default), never into the 4-bit
+    weights, which would add the quantization error to every merged layer.
+    """
+    import torch
+
+    from mdlab import models
+
+    dtype = dtype or torch.bfloat16
+    merged, tokenizer = load_student(adapter_dir, model=model, quant="none")
+    merged = merged.merge_and_unload().to(dtype)
+    merged.eval()
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+        def build(tmp: Path) -> None:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+        models._atomic_dir(out_dir, build)
+    return merged, tokenizer
+
+
+# -------------------------------------------------------------------------------- memory
+
+_KNOWN_SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings
+    "135m": (576, 30, 9, 3, 1536, 49152, True),  # SmolLM2-135M
+    "1.1b": (2048, 22, 32, 4, 5632, 32000, False),  # TinyLlama-1.1B
+    "7b": (4096, 32, 32, 32, 11008, 32000, False),  # Llama-2-7B (CodeLlama-7B: vocab 32016)
+    "13b": (5120, 40, 40, 40, 13824, 32000, False),  # Llama-2-13B
+}
+GiB = 1 << 30
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Bytes a (Q)LoRA training run needs on the GPU. "GB" means GiB (2**30), as torch reports it."""
+
+    params: int  # base parameters
+    lora_params: int  # trainable LoRA parameters
+    weights: int  # base weights (4-bit NF4 with its constants, or 16-bit)
+    lora: int  # LoRA weights and their gradients
+    optimizer: int  # optimizer states (8-bit paged AdamW: 2 bytes/param; AdamW: 8)
+    activations: int  # saved activations for backward, with gradient checkpointing if enabled
+    activations_no_checkpointing: int  # the same without gradient checkpointing
+    workspace: int  # logits, a dequantized layer, temporaries
+    checkpointing: bool  # whether `activations` assumes gradient checkpointing
+    context: int = int(0.5 * GiB)  # CUDA context + allocator slack, outside torch's allocated bytes
+
+    @property
+    def allocated(self) -> int:
+        """Predicted peak of torch.cuda.max_memory_allocated()."""
+        return self.weights + self.lora + self.optimizer + self.activations + self.workspace
+
+    @property
+    def total(self) -> int:
+        """Predicted peak the GPU must hold: allocated + 10% fragmentation + the CUDA context."""
+        return int(self.allocated * 1.1) + self.context
+
+    @property
+    def total_gb(self) -> float:
+        return self.total / GiB
+
+    def fits(self, gpu_gb: float) -> bool:
+        """Whether the run should fit a GPU with ``gpu_gb`` GiB of memory."""
+        return self.total <= gpu_gb * GiB
+
+    def __str__(self) -> str:
+        rows = [("base weights", self.weights), ("LoRA weights + grads", self.lora), ("optimizer", self.optimizer),
+                (f"activations ({'checkpointed' if self.checkpointing else 'no checkpointing'})", self.activations),
+                ("workspace", self.workspace), ("peak allocated", self.allocated), ("total on GPU", self.total)]
+        return "\n".join(f"{name:<34}{value / GiB:8.2f} GiB" for name, value in rows)
+
+
+def _shape(model) -> tuple[int, int, int, int, int, int, bool]:
+    if isinstance(model, str) and model.lower() in _KNOWN_SIZES:
+        return _KNOWN_SIZES[model.lower()]
+    config = model
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        from mdlab import models
+
+        try:
+            config = AutoConfig.from_pretrained(models.resolve(str(model)))
+        except OSError as exc:
+            raise TrainError(f"estimate_memory: cannot read config.json of {model!r} ({exc}); pass a local path, a "
+                             f"cached hub id, a transformers config or a size in {sorted(_KNOWN_SIZES)}") from exc
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = config.num_attention_heads
+    return (config.hidden_size, config.num_hidden_layers, heads, getattr(config, "num_key_value_heads", None) or heads,
+            config.intermediate_size, config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)))
+
+
+def estimate_memory(model, seq_len: int, batch: int = 1, lora_rank: int = 16, quant: str = "nf4", *,
+                    gradient_checkpointing: bool = True, optim: str | None = None,
+                    lora_dropout: float = 0.05) -> MemoryEstimate:
+    """Predict the GPU memory of a LoRA / QLoRA run of a Llama-style model, loading no weights.
+
+    ``model``: a name or path (reads config.json only), a transformers config, or a known size
+    (``"135m"``, ``"1.1b"``, ``"7b"``, ``"13b"``). ``quant``: ``"nf4"`` (QLoRA; ``"auto"`` means
+    the same, since the estimate is for a GPU) or ``"none"`` (16-bit weights). LoRA on every
+    linear layer of the decoder. Activations are counted per token and layer for bf16 with
+    SDPA/flash attention (no seq^2 term): about 32*hidden + 8*intermediate bytes, plus the
+    LoRA-dropout copies; with checkpointing, one hidden state per layer plus one layer
+    recomputed.
+    """
+    hidden, layers, heads, kv_heads, inter, vocab, tied = _shape(model)
+    kv = hidden * kv_heads // heads
+    linear_shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),
+                     (hidden, inter), (hidden, inter), (inter, hidden)]
+    linear = layers * sum(i * o for i, o in linear_shapes)
+    embed = vocab * hidden * (1 if tied else 2)
+    norms = layers * 2 * hidden + hidden
+    params = linear + embed + norms
+    four_bit = quant in ("nf4", "auto")
+    # NF4: 0.5 byte/param + an 8-bit absmax per 64 weights + an fp32 constant per 256 blocks (double quant)
+    weights = int(linear * (0.5 + 1 / 64 + 4 / (64 * 256))) + (embed + norms) * 2 if four_bit else params * 2
+    lora_params = layers * lora_rank * sum(i + o for i, o in linear_shapes)
+    lora = lora_params * 4 * 2  # fp32 weights + fp32 grads
+    optim = optim or ("paged_adamw_8bit" if four_bit else "adamw_torch")
+    optimizer = lora_params * (2 if "8bit" in optim else 8)
+    tokens = seq_len * batch
+    dropout_copies = (9 * hidden + 3 * inter) if lora_dropout > 0 else 0
+    per_layer = tokens * (32 * hidden + 8 * inter + dropout_copies)
+    no_ckpt = layers * per_layer
+    ckpt = layers * tokens * hidden * 2 + per_layer
+    largest_linear = max(i * o for i, o in linear_shapes)
+    # fp32 log-probs of one logits chunk pass + the dequantized weight of the largest layer (and its grad input)
+    workspace = tokens * vocab * 4 * 2 + (largest_linear * 2 * 2 if four_bit else 0) + tokens * inter * 4
+    return MemoryEstimate(params=params, lora_params=lora_params, weights=weights, lora=lora, optimizer=optimizer,
+                          activations=ckpt if gradient_checkpointing else no_ckpt,
+                          activations_no_checkpointing=no_ckpt, workspace=workspace,
+                          checkpointing=gradient_checkpointing)
+
+
+def oom_message(config: TrainConfig, seq_len: int | None = None) -> str:
+    """What to tell a user whose GPU ran out of memory."""
+    seq_len = seq_len or config.max_length
+    try:
+        est = estimate_memory(config.model, seq_len, config.batch_size if config.batching != "packed" else 1,
+                              config.lora_rank, config.quant, gradient_checkpointing=True)
+        estimate = f"train.estimate_memory predicts (with gradient checkpointing):\n{est}\n"
+    except (TrainError, OSError, ValueError, AttributeError) as exc:  # the advice still helps without numbers
+        estimate = f"(train.estimate_memory could not read the model: {exc})\n"
+    return ("CUDA ran out of memory while training. " + estimate +
+            "Try, in this order: quant='nf4' (QLoRA), gradient_checkpointing=True, a smaller batch_size with a "
+            "larger grad_accum (same effective batch), a smaller max_length, a smaller lora_rank, or "
+            "optim='paged_adamw_8bit'. Check a setting before loading anything with "
+            "train.estimate_memory(model, seq_len, batch, lora_rank, quant).fits(gpu_gb).")
+
+
+# ---------------------------------------------------------------------------------- fit
+
+def student_dir(run_dir: str | os.PathLike, student: str) -> Path:
+    return Path(run_dir) / "students" / student
+
+
+def adapter_dir(run_dir: str | os.PathLike, student: str) -> Path:
+    return student_dir(run_dir, student) / "adapter"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints with their trainer_state.json (the Trainer writes it last), oldest first."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        state = path / "trainer_state.json"
+        try:
+            step = int(path.name.split("-")[1])
+            json.loads(state.read_text())
+        except (ValueError, IndexError, OSError, json.JSONDecodeError):
+            continue
+        found.append((step, path))
+    return [p for _, p in sorted(found)]
+
+
+def read_loss(run_dir_or_student_dir: str | os.PathLike, student: str | None = None):
+    """``loss.csv`` of a student as a DataFrame (step, epoch, loss, learning_rate, tokens)."""
+    import pandas as pd
+
+    folder = student_dir(run_dir_or_student_dir, student) if student else Path(run_dir_or_student_dir)
+    path = folder / LOSS_CSV
+    if not path.exists():
+        return pd.DataFrame(columns=list(LOSS_FIELDS))
+    return pd.read_csv(path)
+
+
+def _truncate_loss(path: Path, step: int) -> int:
+    """Keep loss.csv rows up to ``step`` (the checkpoint resumed from); returns the last token count."""
+    if not path.exists():
+        return 0
+    with open(path, newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if row.get("step", "").isdigit() and int(row["step"]) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return int(float(rows[-1]["tokens"] or 0)) if rows else 0
+
+
+def _callbacks():
+    """TrainerCallback classes, built on first use so importing mdlab.train stays light."""
+    from transformers import TrainerCallback
+
+    class LossCSV(TrainerCallback):
+        """Appends one row per log to loss.csv (rank 0), flushed so a kill loses nothing logged."""
+
+        def __init__(self, path: Path, tokens_before: int):
+            self.path, self.tokens_before = path, tokens_before
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            new = not self.path.exists()
+            with open(self.path, "a", newline="") as fh:
+                writer = csv.writer(fh)
+                if new:
+                    writer.writerow(LOSS_FIELDS)
+                writer.writerow([state.global_step, round(state.epoch or 0.0, 4), logs["loss"],
+                                 logs.get("learning_rate"), self.tokens_before + int(logs.get("num_tokens", 0))])
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    class Steps(TrainerCallback):
+        """Counts the optimizer steps this process ran (not restored ones) and the wall time."""
+
+        def __init__(self):
+            self.steps, self.start, self.seconds = 0, None, 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - (self.start or time.perf_counter())
+
+    return LossCSV, Steps
+
+
+def _fingerprint(config: TrainConfig, rows: list[dict], base: dict, student: str) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _BOOKKEEPING}
+    digest = hashlib.sha256(json.dumps({"settings": settings, "student": student,
+                                        "base": [base.get("config_sha256"), base.get("weights_sha256")]},
+                                       sort_keys=True).encode())
+    for row in rows:
+        digest.update(json.dumps([row["input_ids"], row["prompt_tokens"]]).encode())
+    return digest.hexdigest()
+
+
+def _tokenize_examples(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
+    rows, too_long, empty = [], [], []
+    for i, ex in enumerate(examples):
+        name = ex.get("rationale_id", i)
+        if "prompt" not in ex or "completion" not in ex:
+            raise TrainError(f"example {name} has no 'prompt' / 'completion'; build examples with "
+                             "train.build_examples(rationales, problems, mode)")
+        if not ex["completion"].replace(tokenizer.eos_token, "").strip():
+            empty.append(name)
+            continue
+        ids, n_prompt = _encode(tokenizer, ex["prompt"], ex["completion"])
+        if len(ids) > max_length:
+            too_long.append((name, len(ids)))
+            continue
+        rows.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:], "prompt_tokens": n_prompt,
+                     "mode": ex.get("mode", "")})
+    if too_long:
+        raise TrainError(f"{len(too_long)} example(s) are longer than max_length={max_length} tokens and would be "
+                         f"truncated (e.g. {too_long[:5]}). Raise train.max_length, or build the examples with "
+                         "train.build_examples(..., config=config), which leaves them out and reports them.")
+    if empty:
+        raise TrainError(f"{len(empty)} example(s) have an empty completion and nothing to learn "
+                         f"(e.g. {empty[:5]}); drop them")
+    return rows
+
+
+def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLike, *, student: str | None = None,
+        callbacks: list | None = None, overwrite: bool = False) -> Path:
+    """Train one student (LoRA / QLoRA) on ``examples``; returns its adapter directory.
+
+    Writes ``run_dir/students/<student>/`` (student defaults to ``config.mode``). Resumes from
+    the latest complete checkpoint when a previous run with the same fingerprint was killed;
+    returns the existing adapter when it is already trained with the same fingerprint.
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
+
+    Built on TRL's ``SFTTrainer`` rather than the plain ``Trainer`` for its padding-free
+    packing, completion-only labels and PEFT/QLoRA wiring (see the module docstring).
+    """
+    import torch
+
+    from mdlab import models, runs
+
+    student = student or config.mode
+    if student not in STUDENTS:
+        raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+    examples = list(examples)
+    if not examples:
+        raise TrainError(f"no training examples for the {student!r} student: the training set is empty (all "
+                         "rationales filtered out?). Check the curation output (notebook 02) and build_examples' "
+                         "warnings.")
+    modes = {ex.get("mode") for ex in examples} - {None}
+    if student in ("cot", "pot") and modes - {student}:
+        raise TrainError(f"the {student!r} student got examples of mode(s) {sorted(modes - {student})}; build them "
+                         f"with train.build_examples(..., mode={student!r})")
+    out = student_dir(run_dir, student)
+    adapter, ckpt_dir, loss_path = out / "adapter", out / "checkpoints", out / LOSS_CSV
+    tokenizer = models.load_tokenizer(config.model)
+    rows = _tokenize_examples(examples, tokenizer, config.max_length)
+    base = base_fingerprint(config.model)
+    fingerprint = _fingerprint(config, rows, base, student)
+
+    if (adapter / MANIFEST).exists():
+        done = json.loads((adapter / MANIFEST).read_text())
+        if done.get("fingerprint") == fingerprint and not overwrite:
+            print(f"{student}: reusing the finished adapter {adapter} (same config, data and base model)")
+            if not (out / MANIFEST).exists() and _rank() == 0:  # killed between the rename and this copy
+                runs.write_json_atomic(out / MANIFEST, done)
+            return adapter
+        if not overwrite:
+            raise TrainError(f"{adapter} holds a {student!r} student trained with other settings, data or base model; "
+                             "pass overwrite=True to retrain it, or use another run directory")
+    is_main = _rank() == 0
+
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = torch.cuda.is_available()
+    gradient_checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
+    optim = config.optim if config.optim != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    lengths = [len(r["input_ids"]) for r in rows]
+    per_device, accum = config.batch_size, config.grad_accum
+    if config.batching == "packed":
+        # one padding-free row of at most max_length tokens per micro-step: SDPA attends over the whole row
+        # (block-diagonal mask), so short rows keep that cost small; accumulate rows to ~batch_size examples
+        per_device = 1
+        accum *= max(1, round(config.batch_size * sum(lengths) / len(lengths) / config.max_length))
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), seed=config.seed, data_seed=config.seed, report_to="none",
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup, weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs, max_steps=config.max_steps or -1, optim=optim,
+        activation_checkpointing=gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        bf16=cuda and torch.cuda.is_bf16_supported(), logging_steps=config.logging_steps,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        max_length=config.max_length,
+        packing=config.batching == "packed", packing_strategy="bfd",
+        train_sampling_strategy="group_by_length" if config.batching == "grouped" else "random",
+        # use_cpu: without it accelerate leaves a torchrun-launched CPU job undistributed (no gradient sync)
+        use_cpu=not cuda, ddp_backend="gloo" if distributed and not cuda else None, ddp_find_unused_parameters=False,
+        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False)
+
+    # after SFTConfig: it has set up the process group when launched data parallel
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for path in (adapter, ckpt_dir, loss_path):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        for stale in out.glob("adapter.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a half-written adapter of a killed run
+        marker = ckpt_dir / "fingerprint.txt"
+        if ckpt_dir.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint):
+            warnings.warn(f"{ckpt_dir}: discarding checkpoints of a run with other settings or data", stacklevel=2)
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+    _barrier()
+    complete = _complete_checkpoints(ckpt_dir)
+    resume = complete[-1] if complete else None
+    resumed_from = int(resume.name.split("-")[1]) if resume else 0
+    _barrier()
+    if is_main:
+        for partial in ckpt_dir.glob("checkpoint-*"):  # killed mid-save: never resume from those
+            if partial not in complete:
+                shutil.rmtree(partial, ignore_errors=True)
+        tokens_before = _truncate_loss(loss_path, resumed_from) if resume else 0
+        if not resume:
+            loss_path.unlink(missing_ok=True)
+    else:
+        tokens_before = 0
+    _barrier()
+
+    import datasets
+    from peft import LoraConfig
+
+    set_seed(config.seed)  # LoRA init happens in SFTTrainer.__init__, before the Trainer seeds
+    model, tokenizer = models.load(config.model, quant=config.quant)
+    model.config.use_cache = False
+    peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             target_modules=config.target_modules, task_type="CAUSAL_LM")
+    dataset = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    LossCSV, Steps = _callbacks()
+    steps = Steps()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config,
+                         callbacks=[LossCSV(loss_path, tokens_before), steps, *(callbacks or [])])
+    if resume:
+        print(f"{student}: resuming from {resume.name} (step {resumed_from})")
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError as exc:
+        raise TrainError(oom_message(config)) from exc
+
+    if is_main:
+        losses = read_loss(out)
+        manifest = {
+            "student": student, "fingerprint": fingerprint, "base": base,
+            "quantized": bool(getattr(model, "is_loaded_in_4bit", False)),
+            "config": dataclasses.asdict(config),
+            "examples": len(rows), "by_mode": {m: sum(r["mode"] == m for r in rows) for m in ("cot", "pot")},
+            "tokens": sum(lengths), "steps": trainer.state.global_step, "resumed_from_step": resumed_from,
+            "steps_this_run": steps.steps, "train_seconds": round(steps.seconds, 2),
+            "final_loss": float(losses["loss"].iloc[-1]) if len(losses) else None,
+            "train_loss": result.training_loss, "world_size": args.world_size, "versions": runs.package_versions(),
+        }
+        tmp = out / f"adapter.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        runs.write_json_atomic(tmp / MANIFEST, manifest)
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        os.replace(tmp, adapter)
+        runs.write_json_atomic(out / MANIFEST, manifest)
+        runs.update_manifest(run_dir, f"train.{student}", **{k: v for k, v in manifest.items() if k != "versions"})
+        if not config.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    _barrier()
+    return adapter
+
+
+# ------------------------------------------------------------------------------- notebook 03
+
+def curated_inputs(run_dir: str | os.PathLike, profile) -> tuple[list, list]:
+    """(kept rationales, training problems) for a run, or a clear error naming the notebook to run first."""
+    from mdlab import curate, data
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "rationales.jsonl").exists():
+        raise TrainError(f"{run_dir / 'rationales.jsonl'} is missing: run notebooks/01_generate_rationales.ipynb "
+                         "(then 02_curate_rationales.ipynb) for this run directory first")
+    if not (run_dir / "auto_filter.csv").exists():
+        raise TrainError(f"{run_dir / 'auto_filter.csv'} is missing: run notebooks/02_curate_rationales.ipynb for "
+                         "this run directory first")
+    rationales = curate.curated(run_dir)
+    problems = data.load(profile.data.dataset, profile.data.train_split)
+    return rationales, problems
+
+
+def train_students(config: TrainConfig, rationales, problems, run_dir: str | os.PathLike, *,
+                   students: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, Path]:
+    """Build examples and fit each student in ``students`` (default ``config.students``); reuses finished ones."""
+    out = {}
+    for student in students or config.students:
+        examples = build_examples(rationales, problems, student, config=config)
+        print(f"{student}: {len(examples)} examples {examples.counts()}")
+        out[student] = fit(dataclasses.replace(config, mode=student), examples, run_dir, student=student,
+                           overwrite=overwrite)
+    return out
+
+
+def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
+    """One row per trained student: examples, steps, tokens, first and final loss, training time."""
+    import pandas as pd
+
+    rows = []
+    for student in students:
+        path = adapter_dir(run_dir, student) / MANIFEST
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        losses = read_loss(run_dir, student)
+        rows.append({"student": student, "examples": m["examples"], "cot": m["by_mode"]["cot"],
+                     "pot": m["by_mode"]["pot"], "steps": m["steps"], "tokens": m["tokens"],
+                     "first_loss": float(losses["loss"].iloc[0]) if len(losses) else math.nan,
+                     "final_loss": m["final_loss"], "train_seconds": m["train_seconds"]})
+    return pd.DataFrame(rows)
+
+
+def plot_losses(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS, *, path: str | None = None) -> Path:
+    """Loss curves of the students side by side (shared y axis), saved to ``figures/loss.png``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    students = [s for s in students if len(read_loss(run_dir, s))]
+    if not students:
+        raise TrainError(f"no loss.csv under {Path(run_dir) / 'students'}: train the students first")
+    fig, axes = plt.subplots(1, len(students), figsize=(4 * len(students), 3.2), sharey=True, squeeze=False)
+    for ax, student in zip(axes[0], students):
+        losses = read_loss(run_dir, student)
+        ax.plot(losses["step"], losses["loss"], lw=1, alpha=0.5, label="loss")
+        window = max(1, len(losses) // 10)
+        ax.plot(losses["step"], losses["loss"].rolling(window, min_periods=1).mean(), lw=2,
+                label=f"mean of {window}")
+        ax.set_title(f"{student} student")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss (completion tokens)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    out = Path(path) if path else Path(run_dir) / "figures" / "loss.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)  # shown once, from the file, not again by the notebook's inline backend
+    return out
