@@ -245,14 +245,16 @@ class HFBackend:
         pending = list(range(len(jobs)))
         left = {j: len(job.seeds) for j, job in enumerate(jobs)}
         done_rows: dict[int, list] = {j: [None] * len(job.seeds) for j, job in enumerate(jobs)}
-        rows: list[tuple[int, int]] = []  # (job, slot) of each live row, aligned with the tensors below
+        limit = batch_rows or self.batch_rows
+        rows: list[tuple[int, int]] = []  # (job, slot) of each row, aligned with the tensors below
+        alive: list[bool] = []  # False: finished, still in the tensors until the next compaction
         streams: list[random.Random | None] = []
         tokens: list[list[int]] = []
         logits = cache = mask = position = greedy = None
         with torch.inference_mode():
             while pending or rows:
                 admit = []
-                free = (batch_rows or self.batch_rows) - len(rows)
+                free = limit - len(rows)
                 while pending and (len(jobs[pending[0]].seeds) <= free or not rows and not admit):
                     free -= len(jobs[pending[0]].seeds)
                     admit.append(pending.pop(0))
@@ -269,21 +271,24 @@ class HFBackend:
                         logits, cache, mask, position = new_logits, new_cache, new_mask, new_position
                         greedy = new_greedy
                     rows += new_rows
+                    alive += [True] * len(new_rows)
                     streams += [None if s is None else random.Random(s) for s in seeds]
                     tokens += [[] for _ in new_rows]
                 elif admit:  # this cache cannot take new rows: wait until the batch is empty
                     pending[:0] = admit
                 nxt = self._pick(logits, greedy, streams, temperature, top_p)
                 ended = torch.isin(nxt, self.eos).tolist()
-                finished, keep = [], []
+                finished = []
                 for i, token in enumerate(nxt.tolist()):
+                    if not alive[i]:
+                        continue
                     tokens[i].append(token)
                     finish = ("eos" if ended[i] else
                               "stop" if stop and any(s in self.tokenizer.decode(tokens[i][-8:]) for s in stop)
                               else "length" if len(tokens[i]) >= max_new_tokens else None)
                     if finish is None:
-                        keep.append(i)
                         continue
+                    alive[i], streams[i] = False, None
                     job, slot = rows[i]
                     body = tokens[i][:-1] if finish == "eos" else tokens[i]
                     text, _ = _cut_stop(self.tokenizer.decode(body, skip_special_tokens=True), stop)
@@ -293,13 +298,19 @@ class HFBackend:
                         finished.append((job, done_rows.pop(job)))
                 if finished:
                     yield finished
-                if len(keep) < len(rows):  # finished rows leave the batch (and the KV cache)
+                # Finished rows leave the batch (and the KV cache) in groups: each removal copies the
+                # whole cache, so a few dead rows ride along until new prompts can take their place.
+                live = sum(alive)
+                dead = len(rows) - live
+                if dead and (live == 0 or dead >= max(1, limit // 8)
+                             or (pending and limit - live >= len(jobs[pending[0]].seeds))):
+                    keep = [i for i in range(len(rows)) if alive[i]]
                     index = torch.tensor(keep, device=self.device, dtype=torch.long)
                     if keep:
                         cache.batch_select_indices(index)
                         mask = self._trim(cache, mask[index])
                     logits, nxt, position, greedy = logits[index], nxt[index], position[index], greedy[index]
-                    rows = [rows[i] for i in keep]
+                    rows, alive = [rows[i] for i in keep], [True] * len(keep)
                     streams, tokens = [streams[i] for i in keep], [tokens[i] for i in keep]
                 if not rows:
                     continue

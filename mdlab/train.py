@@ -71,7 +71,7 @@ MANIFEST = "manifest.json"
 LOSS_CSV = "loss.csv"
 LOSS_FIELDS = ("step", "epoch", "loss", "learning_rate", "tokens")
 # config fields that change what is trained; the others (bookkeeping) may change between runs
-_BOOKKEEPING = {"mode", "students", "save_steps", "save_total_limit", "logging_steps", "keep_checkpoints"}
+_BOOKKEEPING = {"mode", "students", "save_steps", "save_total_limit", "logging_steps", "keep_checkpoints", "threads"}
 
 
 class TrainError(RuntimeError):
@@ -110,6 +110,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     optim: Literal["auto", "paged_adamw_8bit", "adamw_torch"] = "auto"  # auto = paged 8-bit on CUDA, AdamW on CPU
     gradient_checkpointing: bool | None = None  # None = on for CUDA (memory), off on CPU (speed)
+    threads: int | None = None  # CPU threads while training (None = torch's default: one per core)
     batching: Literal["packed", "grouped", "padded"] = "packed"  # see the module docstring
     # --- bookkeeping
     save_steps: int = 50  # checkpoint every N optimizer steps (resume point after a kill)
@@ -125,7 +126,7 @@ class TrainConfig:
             raise ValueError(f"train.students must be a non-empty list drawn from {STUDENTS}, got {self.students!r}")
         if not 0.0 < self.cot_weight < 1.0:
             raise ValueError(f"train.cot_weight (lambda) must be strictly between 0 and 1, got {self.cot_weight}")
-        for name in ("per_problem", "max_problems", "max_steps"):
+        for name in ("per_problem", "max_problems", "max_steps", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"train.{name} must be a positive number or null, got {value}")
@@ -777,10 +778,15 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
                          callbacks=[LossCSV(loss_path, tokens_before), steps, *(callbacks or [])])
     if resume:
         print(f"{student}: resuming from {resume.name} (step {resumed_from})")
+    threads = torch.get_num_threads()
+    if config.threads and not cuda:
+        torch.set_num_threads(config.threads)
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except torch.OutOfMemoryError as exc:
         raise TrainError(oom_message(config)) from exc
+    finally:
+        torch.set_num_threads(threads)
 
     if is_main:
         losses = read_loss(out)
@@ -841,7 +847,7 @@ def train_students(config: TrainConfig, rationales, problems, run_dir: str | os.
 
 
 def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
-    """One row per trained student: examples, steps, tokens, first and final loss, training time."""
+    """One row per trained student: examples, steps, tokens, losses (first, last, means of 3), training time."""
     import pandas as pd
 
     rows = []
@@ -851,10 +857,14 @@ def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
             continue
         m = json.loads(path.read_text())
         losses = read_loss(run_dir, student)
+        head, tail = losses["loss"].iloc[:3], losses["loss"].iloc[-3:]
         rows.append({"student": student, "examples": m["examples"], "cot": m["by_mode"]["cot"],
                      "pot": m["by_mode"]["pot"], "steps": m["steps"], "tokens": m["tokens"],
                      "first_loss": float(losses["loss"].iloc[0]) if len(losses) else math.nan,
-                     "final_loss": m["final_loss"], "train_seconds": m["train_seconds"]})
+                     "final_loss": m["final_loss"],
+                     "loss_first3": float(head.mean()) if len(head) else math.nan,
+                     "loss_last3": float(tail.mean()) if len(tail) else math.nan,
+                     "train_seconds": m["train_seconds"]})
     return pd.DataFrame(rows)
 
 
@@ -869,7 +879,7 @@ def plot_losses(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS, 
     for ax, student in zip(axes[0], students):
         losses = read_loss(run_dir, student)
         ax.plot(losses["step"], losses["loss"], lw=1, alpha=0.5, label="loss")
-        window = max(1, len(losses) // 10)
+        window = max(3, len(losses) // 8) if len(losses) >= 6 else 1
         ax.plot(losses["step"], losses["loss"].rolling(window, min_periods=1).mean(), lw=2,
                 label=f"mean of {window}")
         ax.set_title(f"{student} student")
