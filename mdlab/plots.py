@@ -107,14 +107,17 @@ def greedy_bars(greedy, path: str | os.PathLike | None = None, *, title: str | N
     colors = _colors(students)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.8 * len(policies) * len(students)), 3.6))
     width = 0.8 / max(1, len(students))
-    for i, student in enumerate(students):
+    # each policy's bars are centred on its tick among the students that have it (baselines lack pot_then_cot)
+    group = {p: [s for s in students if ((greedy["student"] == s) & (greedy["policy"] == p)).any()] for p in policies}
+    for student in students:
         rows = greedy[greedy["student"] == student].set_index("policy")
         present = [p for p in policies if p in rows.index]
-        xs = [policies.index(p) + (i - (len(students) - 1) / 2) * width for p in present]
+        xs = [policies.index(p) + (group[p].index(student) - (len(group[p]) - 1) / 2) * width for p in present]
         acc = 100 * rows.loc[present, "acc"].to_numpy()
         lo, hi = 100 * rows.loc[present, "lo"].to_numpy(), 100 * rows.loc[present, "hi"].to_numpy()
         err = np.vstack([acc - lo, hi - acc])
-        ax.bar(xs, acc, width, yerr=err, capsize=3, label=_label(student), color=colors[student])
+        bars = ax.bar(xs, acc, width, yerr=err, capsize=3, label=_label(student), color=colors[student])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)  # a 0.0 bar is otherwise invisible
     ax.set_xticks(range(len(policies)))
     names = {"cot": "CoT", "pot": "PoT", "pot_then_cot": "PoT, else CoT"}
     ax.set_xticklabels([names.get(p, p) for p in policies])

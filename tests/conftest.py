@@ -40,3 +40,21 @@ def tiny_model_path() -> Path:
     from mdlab import models
 
     return models.tiny_path()
+
+
+def _stop(proc, timeout: float = 20) -> None:
+    """Terminate a server started by a test, then kill it if it has not exited after ``timeout`` s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def stop_process():
+    """``stop_process(proc)``: the one teardown of every server the tests start (JupyterLab, transformers serve)."""
+    return _stop

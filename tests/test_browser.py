@@ -59,7 +59,7 @@ def _prepare(root: Path) -> Path:
 
 
 @pytest.fixture()
-def lab(tmp_path):
+def lab(tmp_path, stop_process):
     """JupyterLab on 127.0.0.1 with token auth, rooted at a temporary directory."""
     root = tmp_path / "root"
     root.mkdir()
@@ -97,12 +97,7 @@ def lab(tmp_path):
     try:
         yield {"url": base, "token": token, "run": run, "log": tmp_path / "jupyter.log", "tmp": tmp_path}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
 
 

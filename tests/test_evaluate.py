@@ -380,7 +380,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_openai_backend_against_transformers_serve(tmp_path, problems):
+def test_openai_backend_against_transformers_serve(tmp_path, problems, stop_process):
     pytest.importorskip("fastapi")
     served = tmp_path / "tiny-sampling"
     shutil.copytree(models.tiny_path(), served)
@@ -416,11 +416,7 @@ def test_openai_backend_against_transformers_serve(tmp_path, problems):
         assert evaluate.sample(engine, problems[:2], "cot", **kw) == out
         assert engine.requests_sent == sent  # resumed from the file: no request
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
 
 
 def test_vllm_backend_is_import_guarded():

@@ -357,7 +357,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_path):
+def served(tiny_model_path, stop_process):
     """``transformers serve`` with the tiny model on loopback, behind a FaultProxy (one for the module)."""
     port = _free_port()
     exe = Path(sys.executable).with_name("transformers")
@@ -385,11 +385,7 @@ def served(tiny_model_path):
         yield {"proxy": proxy, "model": str(tiny_model_path), "direct": url + "/v1", "started": started}
         proxy.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
         print(f"transformers serve tests: {time.perf_counter() - start:.1f} s in all (start-up included)")
 
