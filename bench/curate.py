@@ -14,6 +14,7 @@ Usage: ``python bench/curate.py [--repeat 3]``; prints seconds (best of the repe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MDLAB_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 from mdlab import curate, data, sandbox, teachers  # noqa: E402
 

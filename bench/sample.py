@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
-from mdlab import data, evaluate, models, prompts
+# next to a checkout of this workplace the data is in ../shared/data (as the Makefile and the tests assume)
+os.environ.setdefault("MDLAB_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+from mdlab import data, evaluate, models, prompts  # noqa: E402
 
 
 def main() -> None:

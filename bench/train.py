@@ -1,12 +1,14 @@
 """Training throughput on CPU: packed / length-grouped batches against naive padded batches.
 
 Trains the embedded SmolLM2-135M with LoRA (``train.fit``, the real code path) on the same
-examples from the real MD mixture -- PaLM CoT and Codex PoT rationales for SVAMP train, via
-``teachers.Recorded`` -- once per batching strategy, interleaved over ``--rounds`` rounds so
+examples from a real MD mixture -- ``--dataset svamp`` (default): PaLM CoT and Codex PoT
+rationales for SVAMP train via ``teachers.Recorded``, the demo's mixture; ``--dataset gsm8k``:
+CoT and PoT written from GSM8K train's reference solutions by ``teachers.Annotations``, whose
+lengths spread much wider -- once per batching strategy, interleaved over ``--rounds`` rounds so
 that load from other processes hits all strategies alike. Tokens/s counts real (non-pad)
 tokens only, from the first step's end to the last step's end (the first step warms up).
 
-    .venv/bin/python bench/train.py [--examples 48] [--batch 8] [--rounds 2] [--threads N]
+    .venv/bin/python bench/train.py [--dataset svamp|gsm8k] [--examples 48] [--batch 8] [--rounds 2] [--threads N] [--raw]
 
 Strategies (``TrainConfig.batching``): ``padded`` (random batches of ``--batch`` padded to their
 longest: the naive baseline), ``padded/4`` (the same with a quarter of the batch per micro-step
@@ -38,14 +40,19 @@ from mdlab import data, models, teachers, train
 STRATEGIES = {"padded": ("padded", 1), "padded/4": ("padded", 4), "grouped": ("grouped", 1), "packed": ("packed", 1)}
 
 
-def md_examples(n: int, config: train.TrainConfig, seed: int = 0) -> list[dict]:
-    """``n`` MD examples (seeded choice) from the recorded PaLM CoT + Codex PoT rationales."""
-    problems = data.load("svamp", "train")
+def md_examples(n: int, config: train.TrainConfig, seed: int = 0, dataset: str = "svamp") -> list[dict]:
+    """``n`` MD examples (seeded choice): SVAMP's recorded PaLM CoT + Codex PoT, or GSM8K's annotations."""
+    if dataset == "svamp":
+        problems = data.load("svamp", "train")
+        sources = [(teachers.Recorded("svamp-palm-cot"), "cot"), (teachers.Recorded("svamp-codex-pot"), "pot")]
+    else:
+        problems = data.load("gsm8k", "train")[:400]
+        sources = [(teachers.Annotations(), "cot"), (teachers.Annotations(), "pot")]
     rationales = []
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for source, mode in (("svamp-palm-cot", "cot"), ("svamp-codex-pot", "pot")):
-            rationales += teachers.generate(teachers.Recorded(source), problems, mode, run_dir=tmp, progress=False)
+        for teacher, mode in sources:
+            rationales += teachers.generate(teacher, problems, mode, run_dir=tmp, progress=False)
         examples = train.build_examples(rationales, problems, "md", config=config)
     examples = [ex for ex in examples if not ex["repeat"]]
     return random.Random(seed).sample(examples, n)
@@ -80,26 +87,59 @@ def run_once(strategy: str, examples: list[dict], config: train.TrainConfig) -> 
             "tokens_per_s": tokens / seconds, "final_loss": float(losses["loss"].iloc[-1])}
 
 
+def raw_rate(lengths=(96, 160, 320, 640, 960), tokens: int = 1920) -> None:
+    """The model's own training rate on single rows of random tokens: the ceiling any batching can reach."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = models.load("embedded")  # (model, tokenizer)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(ids):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for length in lengths:
+        ids = torch.randint(0, 40_000, (1, length))
+        step(ids)  # warm-up
+        n = max(2, tokens // length)
+        start = time.perf_counter()
+        for _ in range(n):
+            step(ids)
+        print(f"raw forward + backward + AdamW, one row of {length:4d} tokens: "
+              f"{n * length / (time.perf_counter() - start):6.1f} tokens/s", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=("svamp", "gsm8k"), default="svamp")
     parser.add_argument("--examples", type=int, default=48)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=320, help="fits every SVAMP MD example (<= ~280 tokens)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="default 320 for svamp (its MD examples are <= ~280 tokens), 512 for gsm8k (<= ~460)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); 1 suffers less when other jobs share the cores")
+    parser.add_argument("--raw", action="store_true", help="only the model's raw training rate per row length")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
-    config = train.TrainConfig(model="embedded", mode="md", max_length=args.max_length, batch_size=args.batch,
+    max_length = args.max_length or {"svamp": 320, "gsm8k": 512}[args.dataset]
+    if args.raw:
+        raw_rate()
+        return 0
+    config = train.TrainConfig(model="embedded", mode="md", max_length=max_length, batch_size=args.batch,
                                lora_rank=16, lora_dropout=0.0, learning_rate=2e-4, save_steps=10_000, logging_steps=1)
-    examples = md_examples(args.examples, config)
+    examples = md_examples(args.examples, config, dataset=args.dataset)
     lengths = [ex["tokens"] for ex in examples]
     print(f"model: {models.resolve('embedded')}  threads: {__import__('torch').get_num_threads()}")
-    print(f"{len(examples)} MD examples ({sum(ex['mode'] == 'cot' for ex in examples)} CoT, "
+    print(f"{args.dataset}: {len(examples)} MD examples ({sum(ex['mode'] == 'cot' for ex in examples)} CoT, "
           f"{sum(ex['mode'] == 'pot' for ex in examples)} PoT), tokens per example: mean "
           f"{statistics.mean(lengths):.0f}, min {min(lengths)}, max {max(lengths)}; batch {args.batch}")
     print(f"real-token share of random padded batches: {padded_tokens(examples, args.batch, 0):.2f}")

@@ -893,3 +893,33 @@ def plot_losses(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS, 
     fig.savefig(out, dpi=120)
     plt.close(fig)  # shown once, from the file, not again by the notebook's inline backend
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mdlab.train --config PROFILE``: notebook 03's training without a kernel, for launchers.
+
+    Data parallel on several GPUs: ``accelerate launch --multi_gpu --num_processes N -m mdlab.train --config
+    configs/gpu.yaml`` (or ``torchrun --nproc_per_node N -m mdlab.train ...``); every process trains on its shard,
+    rank 0 writes. Reads the curated rationales of the run directory (notebooks 01-02), like notebook 03.
+    """
+    import argparse
+
+    from mdlab import config, runs
+
+    parser = argparse.ArgumentParser(prog="python -m mdlab.train", description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("--config", "--profile", required=True, help="smoke | cpu | gpu, or a YAML path")
+    parser.add_argument("--run-dir", default=None, help="default: runs/<profile name>")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS, default=None, help="default: the profile's")
+    args = parser.parse_args(argv)
+    prof = config.load(args.config)
+    run = runs.run_dir(args.run_dir or prof.name)
+    rationales, problems = curated_inputs(run, prof)
+    adapters = train_students(prof.train, rationales, problems, run, students=args.students)
+    if _rank() == 0:
+        for student, path in adapters.items():
+            print(f"{student}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -58,6 +58,14 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(tmp_path):
     assert all(seconds is not None for seconds in times["stages"].values())
     print(f"smoke demo: {first_seconds:.0f} s", {k: round(v) for k, v in times["stages"].items()})
 
+    # the launcher entry point (`accelerate launch -m mdlab.train ...`) is notebook 03's code path: same adapters
+    cli = subprocess.run([sys.executable, "-m", "mdlab.train", "--config", "smoke", "--run-dir", str(run_dir)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    adapters = sorted(run_dir.glob("students/*/adapter"))
+    assert all(f"{path.parent.name}: {path}" in cli.stdout for path in adapters), cli.stdout[-2000:]
+    assert cli.stdout.count("reusing the finished adapter") == len(adapters), cli.stdout[-2000:]
+
     second = _demo(run_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((run_dir / "demo_times.json").read_text())

@@ -1,7 +1,7 @@
 """Tests for mdlab.train: example building, (Q)LoRA fit, resume after a kill, data parallel, merge.
 
 Everything trains the tiny random Llama (``models.tiny_path()``) on rationales made from
-SVAMP equations, so a fit takes seconds; the subprocess tests (kill-and-resume, torchrun)
+SVAMP equations, so a fit takes seconds; the subprocess tests (kill-and-resume, torchrun / accelerate)
 are marked slow.
 """
 
@@ -332,13 +332,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# accelerate's --multi_gpu launcher is torch.distributed.run underneath and works on CPU processes too (its
+# --cpu multi-process path needs mpirun); fit passes use_cpu, so the processes sync gradients over gloo
+LAUNCHERS = {
+    "torchrun": lambda port: ["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                              "--master_port", str(port)],
+    "accelerate": lambda port: ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)],
+}
+
+
 @pytest.mark.slow
-def test_two_process_torchrun_trains_data_parallel(tmp_path):
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_processes_train_data_parallel(tmp_path, launcher):
     run = tmp_path / "run"
     script = _child(tmp_path, 0.0, max_steps=3, batching="padded", batch_size=2)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                           str(_free_port()), str(script), str(run)], env=_env(), capture_output=True, text=True,
+    command = LAUNCHERS[launcher](_free_port())
+    command[0] = str(Path(sys.executable).with_name(command[0]))
+    done = subprocess.run([*command, str(script), str(run)], env=_env(), capture_output=True, text=True,
                           timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
