@@ -9,6 +9,9 @@ every method alike; the load average is printed per round to judge the noise. No
 
     .venv/bin/python bench/sample.py                  # k=8, 8 problems (64 paths), 64 new tokens, 3 rounds
     .venv/bin/python bench/sample.py --hf-batched     # also transformers' generate(num_return_sequences=8)
+    .venv/bin/python bench/sample.py --bf16           # also mdlab's backend on bf16 weights (EvalConfig.dtype)
+
+Every method runs on fp32 weights (the baseline) except ``mdlab_bf16``.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--mode", default="cot", choices=prompts.MODES)
     parser.add_argument("--hf-batched", action="store_true", help="also time transformers' batched generate")
+    parser.add_argument("--bf16", action="store_true", help="also time mdlab's backend on bf16 weights")
     args = parser.parse_args()
 
     import torch
 
-    model, tokenizer = models.load(args.model, quant="none")
+    model, tokenizer = models.load(args.model, quant="none", dtype="fp32")
     problems = data.load("svamp", "test", limit=args.problems)
     texts = [prompts.student_prompt(p.question, args.mode) for p in problems]
     print(f"model {args.model}, torch threads {torch.get_num_threads()}, "
@@ -48,8 +52,10 @@ def main() -> None:
           f"max_new_tokens={args.max_new_tokens}, T={args.temperature}")
 
     engine = evaluate.backend((model, tokenizer), batch_rows=args.k * args.problems, tag=args.model)
+    engine_bf16 = (evaluate.backend(models.load(args.model, quant="none", dtype="bf16"),
+                                    batch_rows=args.k * args.problems, tag=args.model) if args.bf16 else None)
 
-    def candidate(round_: int) -> int:
+    def candidate(round_: int, engine=engine) -> int:
         """Shared prefill, batching, compaction (no stop strings: the baselines have none)."""
         jobs = [evaluate.Job(p, args.mode, text, list(range(args.k)),
                              [evaluate.sample_seed(round_, p.id, args.mode, i) for i in range(args.k)])
@@ -86,6 +92,8 @@ def main() -> None:
     methods = {"mdlab": candidate, "naive": naive}
     if args.hf_batched:
         methods["hf_batched"] = hf_batched
+    if engine_bf16 is not None:
+        methods["mdlab_bf16"] = lambda round_: candidate(round_, engine_bf16)
     totals = {name: [0, 0.0] for name in methods}
     # rounds alternate the methods, so a change in machine load hits all of them alike
     for round_ in range(args.rounds):
@@ -101,13 +109,15 @@ def main() -> None:
     rates = {name: tokens / seconds for name, (tokens, seconds) in totals.items()}
     labels = {"mdlab": f"mdlab HFBackend (shared prefill, {args.problems * args.k} rows)",
               "naive": "naive loop, one generate per path",
-              "hf_batched": f"transformers generate(num_return_sequences={args.k}), batched"}
+              "hf_batched": f"transformers generate(num_return_sequences={args.k}), batched",
+              "mdlab_bf16": "mdlab HFBackend, bf16 weights"}
     print()
     for name, (tokens, seconds) in totals.items():
         print(f"{labels[name]:<52} {tokens:7d} tokens in {seconds:6.1f} s = {rates[name]:6.1f} tokens/s")
     print(f"\nratio mdlab / naive: {rates['mdlab'] / rates['naive']:.1f}x"
           + (f";  mdlab / transformers batched: {rates['mdlab'] / rates['hf_batched']:.1f}x"
-             if "hf_batched" in rates else ""))
+             if "hf_batched" in rates else "")
+          + (f";  mdlab bf16 / mdlab fp32: {rates['mdlab_bf16'] / rates['mdlab']:.2f}x" if "mdlab_bf16" in rates else ""))
 
 
 def _lengths(new_tokens, tokenizer):

@@ -9,12 +9,15 @@ that load from other processes hits all strategies alike. Tokens/s counts real (
 tokens only, from the first step's end to the last step's end (the first step warms up).
 
     .venv/bin/python bench/train.py [--dataset svamp|gsm8k] [--examples 48] [--batch 8] [--rounds 2] [--threads N] [--raw]
+    .venv/bin/python bench/train.py --dtypes   # packed training in fp32 against bf16 weights + bf16 autocast
 
 Strategies (``TrainConfig.batching``): ``padded`` (random batches of ``--batch`` padded to their
 longest: the naive baseline), ``padded/4`` (the same with a quarter of the batch per micro-step
 and 4 accumulation steps: how much smaller micro-steps alone gain on a CPU), ``grouped``
 (length-grouped batches) and ``packed`` (padding-free rows of <= max_length tokens).
 Prints tokens/s per strategy (median over rounds) and the ratios to ``padded``; goal >= 1.5x.
+All strategies train in fp32 so that they compare with earlier figures; ``--dtypes`` instead
+compares ``packed`` in fp32 (the baseline) with ``packed`` in bf16 (``TrainConfig.dtype``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ from mdlab import data, models, teachers, train
 
 # name -> (batching, micro-batch divisor): "padded/4" is padded batches of batch/4 examples with 4 accumulation
 # steps (same examples per optimizer step), to separate the gain of smaller micro-steps on a CPU from packing's
-STRATEGIES = {"padded": ("padded", 1), "padded/4": ("padded", 4), "grouped": ("grouped", 1), "packed": ("packed", 1)}
+# name -> (batching, micro-batch divisor, dtype)
+STRATEGIES = {"padded": ("padded", 1, "fp32"), "padded/4": ("padded", 4, "fp32"), "grouped": ("grouped", 1, "fp32"),
+              "packed": ("packed", 1, "fp32")}
+DTYPES = {"packed": ("packed", 1, "fp32"), "packed/bf16": ("packed", 1, "bf16")}
 
 
 def md_examples(n: int, config: train.TrainConfig, seed: int = 0, dataset: str = "svamp") -> list[dict]:
@@ -66,8 +72,8 @@ def padded_tokens(examples: list[dict], batch: int, seed: int) -> float:
     return sum(lengths) / padded
 
 
-def run_once(strategy: str, examples: list[dict], config: train.TrainConfig) -> dict:
-    batching, divisor = STRATEGIES[strategy]
+def run_once(strategy: str, examples: list[dict], config: train.TrainConfig, variants: dict = STRATEGIES) -> dict:
+    batching, divisor, dtype = variants[strategy]
     from transformers import TrainerCallback
 
     marks: list[float] = []
@@ -77,7 +83,7 @@ def run_once(strategy: str, examples: list[dict], config: train.TrainConfig) -> 
             marks.append(time.perf_counter())
 
     cfg = train.TrainConfig(**{**config.__dict__, "batching": batching, "batch_size": config.batch_size // divisor,
-                               "grad_accum": config.grad_accum * divisor})
+                               "grad_accum": config.grad_accum * divisor, "dtype": dtype})
     with tempfile.TemporaryDirectory() as run:
         train.fit(cfg, examples, run, callbacks=[Clock()])
         losses = train.read_loss(run, cfg.mode)
@@ -124,6 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); 1 suffers less when other jobs share the cores")
     parser.add_argument("--raw", action="store_true", help="only the model's raw training rate per row length")
+    parser.add_argument("--dtypes", action="store_true", help="packed fp32 (baseline) against packed bf16")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -143,19 +150,21 @@ def main(argv=None) -> int:
           f"{sum(ex['mode'] == 'pot' for ex in examples)} PoT), tokens per example: mean "
           f"{statistics.mean(lengths):.0f}, min {min(lengths)}, max {max(lengths)}; batch {args.batch}")
     print(f"real-token share of random padded batches: {padded_tokens(examples, args.batch, 0):.2f}")
-    results: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
+    variants = DTYPES if args.dtypes else STRATEGIES
+    baseline = next(iter(variants))
+    results: dict[str, list[dict]] = {s: [] for s in variants}
     for round_ in range(args.rounds):
-        order = list(STRATEGIES) if round_ % 2 == 0 else list(STRATEGIES)[::-1]
+        order = list(variants) if round_ % 2 == 0 else list(variants)[::-1]
         for strategy in order:
-            row = run_once(strategy, examples, config)
+            row = run_once(strategy, examples, config, variants)
             results[strategy].append(row)
             print(f"round {round_ + 1} {strategy:<9} {row['steps']:>3} steps  {row['tokens_per_s']:7.1f} tokens/s  "
                   f"final loss {row['final_loss']:.3f}", flush=True)
     # the machine's load drifts: a ratio within a round (runs minutes apart) is steadier than one of medians
-    print("\nstrategy  tokens/s (median)  vs padded (median of per-round ratios)")
-    for strategy in STRATEGIES:
+    print(f"\nstrategy  tokens/s (median)  vs {baseline} (median of per-round ratios)")
+    for strategy in variants:
         rate = statistics.median(r["tokens_per_s"] for r in results[strategy])
-        ratios = [r["tokens_per_s"] / p["tokens_per_s"] for r, p in zip(results[strategy], results["padded"])]
+        ratios = [r["tokens_per_s"] / p["tokens_per_s"] for r, p in zip(results[strategy], results[baseline])]
         print(f"{strategy:<10} {rate:16.1f}  {statistics.median(ratios):8.2f}x  "
               f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     return 0

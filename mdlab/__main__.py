@@ -133,19 +133,72 @@ def demo(profile: str, run_dir: Path | None = None, *, force: bool = False) -> d
     return times
 
 
-def docs(run_dir: Path, out: Path = ROOT / "docs") -> list[Path]:
-    """Copy a finished demo run's figures and results table into docs/ for the README."""
+def docs(run_dir: Path, out: Path = ROOT / "docs", *, raw: bool = False) -> list[Path]:
+    """Copy a finished run's results, figures and stage times into ``out`` (docs/ for the README).
+
+    ``raw``: also the material they are computed from, gzip-compressed: every sampled path
+    (``students/<name>/samples.jsonl.gz`` and the transfer sets' samples), each student's
+    ``manifest.json`` (its training fingerprint names its paths), the curated rationales and
+    the profile, so that ``python -m mdlab recompute <out>`` rebuilds the report without adapters.
+    """
+    import gzip
     import shutil
 
     if not (run_dir / "results.md").exists():
-        raise SystemExit(f"{run_dir}/results.md is missing: run `make demo` first")
-    out.mkdir(exist_ok=True)
+        raise SystemExit(f"{run_dir}/results.md is missing: run `make demo` (or the report stage) first")
+    out.mkdir(parents=True, exist_ok=True)
     copied = []
-    for src in [run_dir / "results.md", run_dir / "demo_times.json", *sorted((run_dir / "figures").glob("*.png"))]:
+    for src in [run_dir / "results.md", run_dir / "results.json", run_dir / "demo_times.json",
+                *sorted((run_dir / "figures").glob("*.png"))]:
         if src.exists():
             copied.append(Path(shutil.copy(src, out / src.name)))
+    if raw:
+        from mdlab import config
+
+        times = run_dir / "demo_times.json"
+        profile = config.profile_path(json.loads(times.read_text())["profile"] if times.exists() else run_dir.name)
+        for src in [run_dir / "curated.jsonl", *sorted(run_dir.glob("students/*/samples.jsonl")),
+                    *sorted(run_dir.glob("students/*/transfer/*/samples.jsonl"))]:
+            target = out / src.relative_to(run_dir).with_name(src.name + ".gz")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as fh, gzip.GzipFile(target, "wb", mtime=0) as gz:  # mtime 0: same bytes per run
+                shutil.copyfileobj(fh, gz)
+            copied.append(target)
+        for src in sorted(run_dir.glob("students/*/manifest.json")):
+            target = out / src.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy(src, target)))
+        if profile.exists():
+            copied.append(Path(shutil.copy(profile, out / "profile.yaml")))
     print("\n".join(f"wrote {p}" for p in copied))
     return copied
+
+
+def recompute(source: Path, run_dir: Path | None = None) -> Path:
+    """Rebuild a report from ``docs``' raw material (``docs --raw``): unpack into a run directory, run stage 05."""
+    import gzip
+    import shutil
+
+    from mdlab import runs
+
+    if not (source / "profile.yaml").exists():
+        raise SystemExit(f"{source}/profile.yaml is missing: {source} was not written by `python -m mdlab docs --raw`")
+    run_dir = runs.run_dir(run_dir or Path("runs") / f"{source.name}-recomputed")
+    for src in source.rglob("*"):
+        relative = src.relative_to(source)
+        if src.is_dir() or relative.parts[0] not in ("students", "curated.jsonl.gz"):
+            continue
+        target = run_dir / (relative.with_suffix("") if src.suffix == ".gz" else relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix == ".gz":
+            with gzip.open(src, "rb") as gz, open(target, "wb") as fh:
+                shutil.copyfileobj(gz, fh)
+        else:
+            shutil.copy(src, target)
+    shutil.copy(source / "profile.yaml", run_dir / "profile.yaml")
+    run_stage("report", str(run_dir / "profile.yaml"), run_dir, force=True)
+    print(f"recomputed: {run_dir / 'results.md'} (compare with {source / 'results.md'})")
+    return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--force", action="store_true", help="re-execute finished stages")
     docs_parser = sub.add_parser("docs", help="copy a finished run's figures and table into docs/")
     docs_parser.add_argument("--run", type=Path, default=Path("runs/cpu"))
+    docs_parser.add_argument("--out", type=Path, default=ROOT / "docs", help="default: docs/")
+    docs_parser.add_argument("--raw", action="store_true",
+                             help="also the compressed samples, student manifests, curated rationales and profile")
+    recompute_parser = sub.add_parser("recompute", help="rebuild a report from `docs --raw` output, no adapters")
+    recompute_parser.add_argument("source", type=Path, help="e.g. docs/laptop")
+    recompute_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<source>-recomputed")
     for stage, notebook in STAGES.items():
         stage_parser = sub.add_parser(stage, help=f"run {notebook} headless")
         stage_parser.add_argument("--config", "--profile", dest="profile", default="cpu",
@@ -178,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         demo(args.profile, args.run_dir, force=args.force)
         return 0
     if args.command == "docs":
-        docs(args.run)
+        docs(args.run, args.out, raw=args.raw)
+        return 0
+    if args.command == "recompute":
+        recompute(args.source, args.run_dir)
         return 0
     from mdlab import runs
 

@@ -7,7 +7,8 @@ in ``__post_init__``, so a typo in a YAML key or a bad value fails at load time 
 file and section named, not an hour into a run.
 
 Profiles: ``smoke`` (tiny random model, a handful of problems, seconds per stage; tests and
-CI), ``cpu`` (embedded SmolLM2-135M, a laptop-sized slice of SVAMP; ``make demo``) and
+CI), ``cpu`` (embedded SmolLM2-135M, MD on SVAMP in under 20 minutes; ``make demo``),
+``laptop`` (the paper's comparison at the embedded student's scale, <= 2.5 h on 2 cores) and
 ``gpu`` (a 7B student with QLoRA on the full split).
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "laptop", "gpu")
 
 
 class ConfigError(ValueError):

@@ -46,7 +46,9 @@ not vote; answers equal under ``answers.same`` pool into one candidate; a tie go
 candidate whose first path comes earliest in the list. The policies (``POLICIES``) order their
 lists by sample index, and ``mixed`` lists a subset's PoT paths before its CoT paths, so in
 ``mixed`` a CoT-PoT tie goes to PoT (the more exact mode for arithmetic, as in
-``pot_then_cot``).
+``pot_then_cot``). ``ensemble`` is ``mixed`` over two students' paths: the CoT-only student's
+CoT paths with the PoT-only student's PoT paths (the student ``ENSEMBLE``, "cot+pot", which
+``evaluate_students`` adds when both exist; its greedy path is ``pot_then_cot`` over the pair).
 
 ``acc_at_k`` estimates accuracy at k from N >= k stored paths per problem and mode: for
 each problem, the mean correctness of the vote over k-subsets of its paths (all of them when
@@ -54,7 +56,13 @@ there are at most ``n_subsets``, else ``n_subsets`` random ones, drawn with a fi
 for ``mixed`` and ``pot_then_cot`` a subset is k CoT paths and k PoT paths), then the mean
 over problems, with a percentile bootstrap interval over problems. Using every subset
 rather than "the first k" removes the luck of which paths happened to come first.
-``greedy_accuracy`` reports single-path (greedy) accuracy separately.
+``greedy_accuracy`` reports single-path (greedy) accuracy separately. Both average the
+per-problem correctness of ``per_problem``, which the paired statistics take as well:
+``paired_bootstrap`` (a difference with problems resampled jointly) and ``mcnemar`` (exact, for
+two single paths); ``comparisons`` states the run's fixed claims (``CLAIMS``) with them, and
+``results`` / ``read_results`` are ``results.json``. ``teacher_curve`` runs the same estimator
+over a teacher's recorded samples; ``sample_transfer`` / ``transfer_accuracy`` decode and score
+the students greedily on other datasets (``EvalConfig.transfer``).
 
 What this simplifies: sampling is temperature + top-p only (no top-k, no repetition
 penalty); a path cut by ``max_new_tokens`` still votes if it has an answer (its ``finish``
@@ -80,8 +88,11 @@ from typing import Any, Literal
 
 from mdlab import answers, prompts, runs, teachers
 
-POLICIES = ("cot", "pot", "mixed", "pot_then_cot")
-Policy = Literal["cot", "pot", "mixed", "pot_then_cot"]
+POLICIES = ("cot", "pot", "mixed", "pot_then_cot", "ensemble")
+Policy = Literal["cot", "pot", "mixed", "pot_then_cot", "ensemble"]
+STUDENT_POLICIES = POLICIES[:-1]  # one student's paths; ``ensemble`` pools two students' (ENSEMBLE)
+ENSEMBLE = "cot+pot"  # the two-student baseline: the CoT-only student's CoT paths + the PoT-only's PoT paths
+RESULTS_FILE = "results.json"
 # where an under-trained student runs on into a new problem: stop and cut there
 STOP = ("\nQuestion:", *(f"\n[{m.upper()}]" for m in prompts.MODES))
 SAMPLES_FILE = "samples.jsonl"
@@ -95,13 +106,24 @@ class EvalConfig:
     top_p: float = 1.0  # nucleus sampling mass (1.0 = plain temperature sampling)
     max_new_tokens: int = 256  # cap on generated tokens per path
     greedy: bool = True  # also decode one greedy path (index -1) per problem and mode
-    # students given k sampled paths; the others get the greedy path only
+    # students given sampled paths; the others get the greedy path only
     sc_students: list[str] = dataclasses.field(default_factory=lambda: ["md", "cot", "pot"])
+    baseline_k: int | None = None  # sampled paths per mode for the single-mode students (None = k)
+    base: bool = False  # also decode the untrained base model greedily, as the student "base" (base_student)
     batch_rows: int = 64  # sequences decoded at once (a prompt brings its k+1 rows)
+    # weights' dtype for decoding (models.compute_dtype): auto = bf16 on GPUs with it (else fp16), bf16 on CPUs
+    # that multiply it natively (else fp32); the adapter is merged into weights of this dtype
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     pot_timeout: float = 3.0  # seconds per PoT program in the sandbox
     n_subsets: int = 200  # k-subsets per problem for acc@k (all of them when there are fewer)
     bootstrap: int = 1000  # bootstrap resamples of problems for the interval
     ci: float = 0.95  # bootstrap interval mass
+    # transfer sets, "dataset:split" (e.g. "mawps-addsub:test", "asdiv:all"): every student decodes them
+    # greedily (sample_transfer) for the generality table; problems without a numeric answer are skipped
+    transfer: list[str] = dataclasses.field(default_factory=list)
+    # N problems of each transfer set, a seeded choice kept in file order (None = all); some files are ordered
+    # by difficulty (ASDiv by grade), so the first N would not be representative
+    transfer_limit: int | None = None
 
     def __post_init__(self):
         if self.k < 0:
@@ -114,6 +136,17 @@ class EvalConfig:
             raise ValueError("evaluate.max_new_tokens, batch_rows, n_subsets must be >= 1 and bootstrap >= 0")
         if not 0 < self.ci < 1:
             raise ValueError(f"evaluate.ci must be in (0, 1), got {self.ci}")
+        from mdlab import data
+
+        names = [spec.split(":")[0] for spec in self.transfer]
+        for spec in self.transfer:
+            name, _, split = spec.partition(":")
+            if name not in data.REGISTRY or split not in data.REGISTRY[name].splits:
+                raise ValueError(f"evaluate.transfer: {spec!r} is not a dataset:split of data.REGISTRY")
+        if len(set(names)) < len(names):
+            raise ValueError(f"evaluate.transfer names a dataset twice: {self.transfer}")
+        if self.transfer_limit is not None and self.transfer_limit < 1:
+            raise ValueError(f"evaluate.transfer_limit must be >= 1 or null, got {self.transfer_limit}")
 
 
 @dataclasses.dataclass
@@ -481,6 +514,31 @@ def _adapter_of(path: Path) -> Path | None:
     return None
 
 
+BASE_STUDENT = "base"
+
+
+def base_student(run_dir: str | os.PathLike, model: str) -> Path:
+    """``students/base/``: the untrained ``model`` as a student without adapter (both modes, greedy).
+
+    It answers from the same student prompts as the trained students, so its accuracy is what
+    training added to; its ``manifest.json`` names the model.
+    """
+    folder = Path(run_dir) / "students" / BASE_STUDENT
+    manifest = {"student": BASE_STUDENT, "base_model": str(model), "by_mode": {m: 1 for m in prompts.MODES}}
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "manifest.json").exists() or json.loads((folder / "manifest.json").read_text()) != manifest:
+        runs.write_json_atomic(folder / "manifest.json", manifest)
+    return folder
+
+
+def _base_model_of(path: Path) -> str | None:
+    """The model a ``base_student`` directory names, else None."""
+    manifest = path / "manifest.json"
+    if path.is_dir() and manifest.exists() and _adapter_of(path) is None:
+        return json.loads(manifest.read_text()).get("base_model")
+    return None
+
+
 def _adapter_tag(adapter: Path) -> str:
     """Model tag of a student: its name and its training fingerprint (or a hash of the adapter files)."""
     name = adapter.parent.name if adapter.name == "adapter" else adapter.name
@@ -491,22 +549,22 @@ def _adapter_tag(adapter: Path) -> str:
     return f"{name}:{_adapter_hash(adapter)}"
 
 
-def _load_adapter(adapter: Path):
+def _load_adapter(adapter: Path, dtype: str = "auto"):
     """(model, tokenizer) for base + adapter: ``train.load_student`` for an mdlab adapter."""
     from mdlab import models, train
 
     if (adapter / train.MANIFEST).exists():  # an mdlab adapter: its manifest names and checks the base
-        loaded, tokenizer = train.load_student(adapter)
+        loaded, tokenizer = train.load_student(adapter, dtype=dtype)
     else:  # any PEFT adapter: adapter_config.json names the base
         base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-        loaded, tokenizer = models.load(base, adapter=adapter)
+        loaded, tokenizer = models.load(base, adapter=adapter, dtype=dtype)
     if not getattr(loaded, "is_loaded_in_4bit", False) and hasattr(loaded, "merge_and_unload"):
         loaded = loaded.merge_and_unload()  # plain weights decode faster than base + LoRA
     return loaded, tokenizer
 
 
-def backend(model, *, batch_rows: int = 64, tag: str | None = None):
-    """A backend for whatever ``model`` is (see the module docstring)."""
+def backend(model, *, batch_rows: int = 64, tag: str | None = None, dtype: str = "auto"):
+    """A backend for whatever ``model`` is (see the module docstring); ``dtype`` for models it loads."""
     if hasattr(model, "generate") and hasattr(model, "tag") and hasattr(model, "prompt_length"):
         return model
     from mdlab import models
@@ -519,9 +577,13 @@ def backend(model, *, batch_rows: int = 64, tag: str | None = None):
         return HFBackend(loaded, tokenizer, tag or name, batch_rows=batch_rows)
     adapter = _adapter_of(Path(str(model)))
     if adapter is not None:
-        loaded, tokenizer = _load_adapter(adapter)
+        loaded, tokenizer = _load_adapter(adapter, dtype)
         return HFBackend(loaded, tokenizer, tag or _adapter_tag(adapter), batch_rows=batch_rows)
-    loaded, tokenizer = models.load(str(model))
+    base = _base_model_of(Path(str(model)))
+    if base is not None:  # students/base/: the untrained model, asked with the students' prompts
+        loaded, tokenizer = models.load(base, dtype=dtype)
+        return HFBackend(loaded, tokenizer, tag or f"base:{base}", batch_rows=batch_rows)
+    loaded, tokenizer = models.load(str(model), dtype=dtype)
     return HFBackend(loaded, tokenizer, tag or str(model), batch_rows=batch_rows)
 
 
@@ -765,7 +827,7 @@ def _problem_acc(cot: list, pot: list, gold: float, policy: str, k: int, limit: 
     else:  # independent random halves: k PoT paths and k CoT paths per draw
         pot_rows = _random_subsets(len(pot), k, limit, rng)
         cot_rows = _random_subsets(len(cot), k, limit, rng)
-    if policy == "mixed":
+    if policy in ("mixed", "ensemble"):  # ensemble: the same vote over two students' paths
         won = _vote_rows(np.concatenate([pot_ids[pot_rows], cot_ids[cot_rows]], axis=1), correct)
     elif policy == "pot_then_cot":
         won = _vote_rows(pot_ids[pot_rows], correct)
@@ -821,56 +883,100 @@ def _interval(per_problem, bootstrap: int, ci: float, seed: int):
     return np.percentile(means, tail, axis=0), np.percentile(means, 100 - tail, axis=0)
 
 
-def acc_at_k(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
-             n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
-    """Accuracy vs k (paths per mode) for one policy: DataFrame with k, acc, lo, hi, n (problems)."""
+def per_problem(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
+                greedy: bool = False, n_subsets: int = 200, seed: int = 0):
+    """Each problem's correctness: DataFrame indexed by problem id, one column per k.
+
+    Sampled paths: a problem's acc@k, the mean correctness of the policy's vote over k-subsets
+    of its paths. ``greedy``: the greedy paths, one column (k = 1) of 0/1: a vote over one path
+    per mode is that path, and the PoT-first order makes ``mixed`` and ``pot_then_cot`` take the
+    program's answer, else the CoT's. Paired statistics take these columns.
+    """
     import numpy as np
     import pandas as pd
 
     modes = _modes(policy)
-    grouped = _group(samples, problems, modes, sampled=True)
+    grouped = _group(samples, problems, modes, sampled=not greedy)
     n_min = min(len(by_mode[m]) for by_mode in grouped.values() for m in modes)
-    ks = list(ks) if ks is not None else list(range(1, n_min + 1))
+    ks = [1] if greedy else list(ks) if ks is not None else list(range(1, n_min + 1))
     if not ks or min(ks) < 1 or max(ks) > n_min:
         raise ValueError(f"ks must lie in 1..{n_min} (the fewest sampled paths of any problem), got {ks}")
-    rng = np.random.default_rng(seed)
     gold = {p.id: p.answer for p in problems}
-    per_problem = np.array([
-        [_problem_acc(by_mode.get("cot", []), by_mode.get("pot", []), gold[pid], policy, k, n_subsets, rng)
-         for k in ks]
-        for pid, by_mode in grouped.items()])
-    lo, hi = _interval(per_problem, bootstrap, ci, seed)
-    return pd.DataFrame({"k": ks, "acc": per_problem.mean(0), "lo": lo, "hi": hi, "n": len(grouped)})
+    table = np.empty((len(grouped), len(ks)))
+    for j, k in enumerate(ks):
+        rng = np.random.default_rng([seed, k])  # the subsets at k do not depend on the other ks asked for
+        for i, (pid, by_mode) in enumerate(grouped.items()):
+            table[i, j] = _problem_acc(by_mode.get("cot", []), by_mode.get("pot", []), gold[pid], policy, k,
+                                       n_subsets, rng)
+    return pd.DataFrame(table, index=pd.Index(list(grouped), name="problem_id"), columns=ks)
+
+
+def acc_at_k(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
+             n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
+    """Accuracy vs k (paths per mode) for one policy: DataFrame with k, acc, lo, hi, n (problems)."""
+    import pandas as pd
+
+    table = per_problem(samples, problems, policy=policy, ks=ks, n_subsets=n_subsets, seed=seed)
+    lo, hi = _interval(table.to_numpy(), bootstrap, ci, seed)
+    return pd.DataFrame({"k": list(table.columns), "acc": table.mean(0).to_numpy(), "lo": lo, "hi": hi,
+                         "n": len(table)})
 
 
 def greedy_accuracy(samples, problems, *, policies: Sequence[str] = ("cot", "pot", "pot_then_cot"),
                     bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
     """Single-path (greedy) accuracy per policy present: DataFrame with policy, acc, lo, hi, n."""
-    import numpy as np
     import pandas as pd
 
     samples = _as_samples(samples)
     present = {s.mode for s in samples if s.index < 0}
     rows = []
     for policy in policies:
-        modes = _modes(policy)
-        if not set(modes) <= present:
+        if not set(_modes(policy)) <= present:
             continue
-        grouped = _group(samples, problems, modes, sampled=False)
-        gold = {p.id: p.answer for p in problems}
-        hits = []
-        for pid, by_mode in grouped.items():
-            pot, cot = by_mode.get("pot", [None])[0], by_mode.get("cot", [None])[0]
-            pick = {"cot": cot, "pot": pot, "mixed": pot if pot is not None else cot,
-                    "pot_then_cot": pot if pot is not None else cot}[policy]
-            hits.append([float(answers.same(pick, gold[pid]))])
-        lo, hi = _interval(hits, bootstrap, ci, seed)
-        rows.append({"policy": policy, "acc": float(np.mean(hits)), "lo": float(lo[0]), "hi": float(hi[0]),
+        hits = per_problem(samples, problems, policy=policy, greedy=True)
+        lo, hi = _interval(hits.to_numpy(), bootstrap, ci, seed)
+        rows.append({"policy": policy, "acc": float(hits[1].mean()), "lo": float(lo[0]), "hi": float(hi[0]),
                      "n": len(hits)})
     return pd.DataFrame(rows, columns=["policy", "acc", "lo", "hi", "n"])
 
 
-def curves(samples, problems, *, policies: Sequence[str] = POLICIES, ks: Sequence[int] | None = None,
+def _paired(a, b):
+    """Two per-problem vectors as aligned float arrays (pandas objects are aligned on problem id)."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(a, pd.Series) and isinstance(b, pd.Series):
+        if set(a.index) != set(b.index):
+            raise ValueError("a paired comparison needs the same problems on both sides")
+        b = b.reindex(a.index)
+    a, b = np.asarray(a, float).reshape(-1), np.asarray(b, float).reshape(-1)
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"a paired comparison needs two vectors over the same problems: {len(a)}, {len(b)}")
+    return a, b
+
+
+def paired_bootstrap(a, b, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
+    """(diff, lo, hi) of mean(a) - mean(b) in percentage points, problems resampled jointly for the interval.
+
+    ``a``, ``b``: per-problem correctness on the same problems (``per_problem`` columns).
+    """
+    a, b = _paired(a, b)
+    lo, hi = _interval((a - b)[:, None], bootstrap, ci, seed)
+    return 100 * float((a - b).mean()), 100 * float(lo[0]), 100 * float(hi[0])
+
+
+def mcnemar(a_correct, b_correct) -> float:
+    """McNemar's exact two-sided p for two single paths (0/1 per problem): binomial test, discordant pairs."""
+    from scipy.stats import binomtest
+
+    a, b = _paired(a_correct, b_correct)
+    if not (((a == 0) | (a == 1)) & ((b == 0) | (b == 1))).all():
+        raise ValueError("McNemar's test needs 0/1 correctness per problem (single paths, not acc@k)")
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def curves(samples, problems, *, policies: Sequence[str] = STUDENT_POLICIES, ks: Sequence[int] | None = None,
            n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
     """acc@k for every policy whose modes have sampled paths: DataFrame with policy, k, acc, lo, hi, n."""
     import pandas as pd
@@ -891,9 +997,16 @@ def curves(samples, problems, *, policies: Sequence[str] = POLICIES, ks: Sequenc
 # ----------------------------------------------------------------------------- students (notebooks 04-05)
 
 def students(run_dir: str | os.PathLike) -> list[Path]:
-    """Trained student directories ``students/<name>/`` (with an adapter), MD first."""
+    """Student directories ``students/<name>/``, MD first.
+
+    A student is trained (``adapter/``), the untrained base model (``base_student``: a
+    ``manifest.json`` naming ``base_model``, or a bare ``students/base/`` with a samples file), or
+    a trained student's samples shipped without its adapter (``manifest.json`` with the training
+    fingerprint + ``samples.jsonl``, as ``python -m mdlab recompute`` unpacks them).
+    """
     root = Path(run_dir) / "students"
-    found = sorted((d for d in root.glob("*") if _adapter_of(d) is not None),
+    found = sorted((d for d in root.glob("*") if _student_tag(d) is not None
+                    or (d.name == BASE_STUDENT and (d / SAMPLES_FILE).exists())),
                    key=lambda d: (d.name != "md", d.name))
     if not found:
         raise FileNotFoundError(f"no trained student under {root} (students/<name>/adapter/): "
@@ -913,22 +1026,56 @@ def student_modes(student_dir: str | os.PathLike) -> tuple[str, ...]:
     return (student_dir.name,) if student_dir.name in prompts.MODES else prompts.MODES
 
 
-def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig, *, progress: bool = True):
+def _student_tag(student_dir: Path) -> str | None:
+    """The model tag of a student's samples (None: any, for a bare ``students/base/`` samples file)."""
+    adapter = _adapter_of(student_dir)
+    if adapter is not None:
+        return _adapter_tag(adapter)
+    base = _base_model_of(student_dir)
+    if base is not None:
+        return f"base:{base}"  # the tag ``backend`` gives a base_student directory
+    manifest = student_dir / "manifest.json"
+    if manifest.exists() and (student_dir / SAMPLES_FILE).exists():  # samples without the adapter
+        trained = json.loads(manifest.read_text())
+        if trained.get("fingerprint"):
+            return f"{trained.get('student', student_dir.name)}:{str(trained['fingerprint'])[:12]}"
+    return None
+
+
+def student_k(student_dir: str | os.PathLike, config: EvalConfig) -> int:
+    """Sampled paths per mode a student gets: k (MD), baseline_k (single-mode students), 0 (not in sc_students)."""
+    student_dir = Path(student_dir)
+    if student_dir.name not in config.sc_students:
+        return 0
+    single_mode = len(student_modes(student_dir)) == 1
+    return config.baseline_k if single_mode and config.baseline_k is not None else config.k
+
+
+def student_backend(student_dir: str | os.PathLike, config: EvalConfig):
+    """The backend of a student directory (base + adapter, or the base model alone), as configured."""
+    return backend(Path(student_dir), batch_rows=config.batch_rows, dtype=config.dtype)
+
+
+def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig, *, progress: bool = True,
+                   k: int | None = None, out_dir: str | os.PathLike | None = None, engine=None):
     """Greedy + k paths in each of the student's modes into ``student_dir/samples.jsonl``.
 
     Students named in ``config.sc_students`` get ``config.k`` sampled paths, the others greedy
-    only. Returns (samples, seconds, generated tokens this call).
+    only; ``k`` overrides that (0: greedy only). ``out_dir``: where the samples file goes instead
+    (transfer sets); ``engine``: the student's backend when the caller has loaded it already.
+    Returns (samples, seconds, generated tokens this call).
     """
     student_dir = Path(student_dir)
-    store = runs.JsonlStore(student_dir / SAMPLES_FILE)
+    out_dir = Path(out_dir or student_dir)
+    store = runs.JsonlStore(out_dir / SAMPLES_FILE)
     before = len(store.read())
     start = time.perf_counter()
-    engine = backend(student_dir, batch_rows=config.batch_rows)
-    k = config.k if student_dir.name in config.sc_students else 0
+    engine = student_backend(student_dir, config) if engine is None else engine
+    k = student_k(student_dir, config) if k is None else k
     out = []
     for mode in student_modes(student_dir):
         out += sample(engine, problems, mode, k=k, temperature=config.temperature, seed=config.seed,
-                      run_dir=student_dir, greedy=config.greedy or k == 0, top_p=config.top_p,
+                      run_dir=out_dir, greedy=config.greedy or k == 0, top_p=config.top_p,
                       max_new_tokens=config.max_new_tokens, pot_timeout=config.pot_timeout, progress=progress)
     new = store.read()[before:]
     return out, time.perf_counter() - start, sum(r["tokens"] for r in new)
@@ -967,23 +1114,251 @@ def select(samples, config: EvalConfig, *, model: str | None = None, problems=No
     return out
 
 
-def evaluate_students(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
-                      ks: Sequence[int] | None = None):
-    """(curves, greedy) DataFrames over every student's samples, with a ``student`` column."""
+def student_samples(run_dir: str | os.PathLike, problems, config: EvalConfig) -> dict[str, list[Sample]]:
+    """student name -> its samples of this config on these problems (``select``), and ``ENSEMBLE``.
+
+    A student without a samples file yet is left out with a warning.
+    """
+    import warnings
+
+    by_student = {}
+    for student_dir in students(run_dir):
+        if not (student_dir / SAMPLES_FILE).exists():
+            warnings.warn(f"{student_dir.name}: no {SAMPLES_FILE} yet (notebook 04): left out", stacklevel=2)
+            continue
+        by_student[student_dir.name] = select(read_samples(student_dir), config,
+                                              model=_student_tag(student_dir), problems=problems)
+    return _with_ensemble(by_student)
+
+
+def _with_ensemble(by_student: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+    """Add ``ENSEMBLE``: the CoT-only student's CoT paths with the PoT-only student's PoT paths."""
+    if "cot" in by_student and "pot" in by_student:
+        by_student[ENSEMBLE] = ([s for s in by_student["cot"] if s.mode == "cot"]
+                                + [s for s in by_student["pot"] if s.mode == "pot"])
+    return by_student
+
+
+def _policies(student: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sampled, greedy) policies of a student. The ensemble's single path is the PoT-only student's
+    program, else the CoT-only student's CoT: ``pot_then_cot`` over the pair."""
+    if student == ENSEMBLE:
+        return ("ensemble",), ("pot_then_cot",)
+    return STUDENT_POLICIES, ("cot", "pot", "pot_then_cot")
+
+
+def _frame(frames: list, columns: list[str]):
     import pandas as pd
 
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def evaluate_students(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
+                      ks: Sequence[int] | None = None):
+    """(curves, greedy) DataFrames over every student's samples and ``ENSEMBLE``, with a student column."""
     curve_frames, greedy_frames = [], []
-    for student_dir in students(run_dir):
-        samples = select(read_samples(student_dir), config, model=_adapter_tag(_adapter_of(student_dir)),
-                         problems=problems)
+    for name, samples in student_samples(run_dir, problems, config).items():
+        sampled, single = _policies(name)
         if any(s.index >= 0 for s in samples):
-            frame = curves(samples, problems, ks=ks, n_subsets=config.n_subsets, seed=config.seed,
-                           bootstrap=config.bootstrap, ci=config.ci)
-            curve_frames.append(frame.assign(student=student_dir.name))
-        greedy_frames.append(greedy_accuracy(samples, problems, bootstrap=config.bootstrap, ci=config.ci,
-                                             seed=config.seed).assign(student=student_dir.name))
-    columns = ["student", "policy", "k", "acc", "lo", "hi", "n"]
-    curve = (pd.concat(curve_frames, ignore_index=True)[columns] if curve_frames
-             else pd.DataFrame(columns=columns))
-    greedy = pd.concat(greedy_frames, ignore_index=True)[["student", "policy", "acc", "lo", "hi", "n"]]
-    return curve, greedy
+            frame = curves(samples, problems, policies=sampled, ks=ks, n_subsets=config.n_subsets,
+                           seed=config.seed, bootstrap=config.bootstrap, ci=config.ci)
+            curve_frames.append(frame.assign(student=name))
+        greedy_frames.append(greedy_accuracy(samples, problems, policies=single, bootstrap=config.bootstrap,
+                                             ci=config.ci, seed=config.seed).assign(student=name))
+    return (_frame(curve_frames, ["student", "policy", "k", "acc", "lo", "hi", "n"]),
+            _frame(greedy_frames, ["student", "policy", "acc", "lo", "hi", "n"]))
+
+
+# ----------------------------------------------------------------------------- paired claims, results.json
+
+# The run's claims, fixed before any test set is seen: (a, b), each "student/greedy_<policy>" (its greedy
+# path) or "student/<policy>@<k>" (acc@k); k "K" is the largest k that side sampled, a number is capped at
+# the paths both sides have. mixed@K is set against greedy PoT, fixed in advance: picking MD's best greedy
+# policy after seeing the test set would bias the difference upwards.
+CLAIMS = (
+    ("md/greedy_pot", "pot/greedy_pot"),  # one program: MD vs the PoT-only student
+    ("md/greedy_cot", "cot/greedy_cot"),  # one CoT: MD vs the CoT-only student
+    ("md/greedy_pot_then_cot", "pot/greedy_pot"),  # MD with its CoT fallback vs the PoT-only student
+    ("md/mixed@K", "md/greedy_pot"),  # what voting adds
+    ("md/mixed@8", f"{ENSEMBLE}/ensemble@8"),  # one MD student vs two separately distilled ones
+    ("md/greedy_pot_then_cot", "base/greedy_pot_then_cot"),  # what distillation adds to the untrained model
+)
+
+
+def _sampled_paths(samples, problems, policy: str) -> int:
+    """The fewest sampled paths any problem has in the policy's modes (0 when some have none)."""
+    try:
+        grouped = _group(samples, problems, _modes(policy), sampled=True)
+    except ValueError:
+        return 0
+    return min(len(paths) for by_mode in grouped.values() for paths in by_mode.values())
+
+
+def comparisons(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
+                claims: Sequence[tuple[str, str]] = CLAIMS) -> list[dict]:
+    """The claims as paired differences a - b on the same problems.
+
+    Each: a, b (k resolved, e.g. "md/mixed@16"), diff, lo, hi (percentage points, paired
+    bootstrap), n_problems, and p_mcnemar when both sides are single paths. A claim whose
+    students or paths are missing is left out.
+    """
+    by_student = student_samples(run_dir, problems, config)
+    out = []
+    for claim in claims:
+        sides = []  # (student, policy, k: None = greedy, "K" or a cap)
+        for name in claim:
+            student, what = name.split("/", 1)
+            greedy = what.startswith("greedy_")
+            policy, want = (what[len("greedy_"):], None) if greedy else what.split("@")
+            _modes(policy)  # a misspelt claim fails here, not silently
+            sides.append((student, policy, want))
+        if any(student not in by_student for student, _, _ in sides):
+            continue
+        have = {i: _sampled_paths(by_student[student], problems, policy)
+                for i, (student, policy, want) in enumerate(sides) if want is not None}
+        if 0 in have.values():
+            continue
+        names, vectors = [], []
+        try:
+            for i, (student, policy, want) in enumerate(sides):
+                if want is None:
+                    names.append(f"{student}/greedy_{policy}")
+                    vectors.append(per_problem(by_student[student], problems, policy=policy, greedy=True)[1])
+                    continue
+                k = have[i] if want == "K" else min(int(want), *have.values())
+                names.append(f"{student}/{policy}@{k}")
+                vectors.append(per_problem(by_student[student], problems, policy=policy, ks=[k],
+                                           n_subsets=config.n_subsets, seed=config.seed)[k])
+        except ValueError:  # a side without the greedy paths it needs
+            continue
+        diff, lo, hi = paired_bootstrap(*vectors, bootstrap=config.bootstrap, ci=config.ci, seed=config.seed)
+        row = {"a": names[0], "b": names[1], "diff": diff, "lo": lo, "hi": hi, "n_problems": len(vectors[0])}
+        if all(want is None for _, _, want in sides):
+            row["p_mcnemar"] = mcnemar(*vectors)
+        out.append(row)
+    return out
+
+
+def results(curves, greedy, comparisons_: Sequence[dict] = (), transfer=None) -> dict:
+    """The run's numbers in ``results.json``'s shape (design.md): rows and comparisons.
+
+    Accuracy, lo and hi in percent; greedy rows have policy ``greedy_<policy>`` and k 1; transfer
+    rows (``transfer_accuracy``) are greedy rows with a ``dataset`` key.
+    """
+    def row(r, policy: str, k, **extra) -> dict:
+        return {"student": r["student"], "policy": policy, "k": int(k), "n_problems": int(r["n"]),
+                "accuracy": 100 * float(r["acc"]), "lo": 100 * float(r["lo"]), "hi": 100 * float(r["hi"]),
+                **extra}
+
+    rows = [row(r, f"greedy_{r['policy']}", 1) for _, r in greedy.iterrows()]
+    rows += [row(r, r["policy"], r["k"]) for _, r in curves.iterrows()]
+    if transfer is not None:
+        rows += [row(r, f"greedy_{r['policy']}", 1, dataset=r["dataset"]) for _, r in transfer.iterrows()]
+    return {"rows": rows, "comparisons": [dict(c) for c in comparisons_]}
+
+
+def read_results(run_dir: str | os.PathLike):
+    """(rows, comparisons) DataFrames from a run's ``results.json`` (written by ``plots.write_report``)."""
+    import pandas as pd
+
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebooks/05_results.ipynb first")
+    blob = json.loads(path.read_text())
+    columns = ["a", "b", "diff", "lo", "hi"]  # first, then what else claims carry (n_problems, p_mcnemar)
+    columns += sorted({key for claim in blob["comparisons"] for key in claim} - set(columns))
+    return pd.DataFrame(blob["rows"]), pd.DataFrame(blob["comparisons"], columns=columns)
+
+
+# ----------------------------------------------------------------------------- transfer sets
+
+def transfer_problems(spec: str, limit: int | None = None) -> list:
+    """A transfer set's (``"dataset:split"``) problems with a numeric answer (not all ASDiv's): N, seeded."""
+    import warnings
+
+    from mdlab import data
+
+    name, split = spec.split(":")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ASDiv's licence notice, once per load
+        problems = [p for p in data.load(name, split) if math.isfinite(p.answer)]
+    if limit is None or limit >= len(problems):
+        return problems
+    keep = set(random.Random(0).sample(range(len(problems)), limit))
+    return [p for i, p in enumerate(problems) if i in keep]
+
+
+def sample_transfer(student_dir: str | os.PathLike, config: EvalConfig, *, progress: bool = True) -> dict:
+    """Greedy paths of one student on every ``config.transfer`` set: dataset -> samples.
+
+    Written to ``students/<name>/transfer/<dataset>/samples.jsonl``; the model is loaded once.
+    """
+    student_dir = Path(student_dir)
+    engine = student_backend(student_dir, config) if config.transfer else None
+    out = {}
+    for spec in config.transfer:
+        name = spec.split(":")[0]
+        problems = transfer_problems(spec, config.transfer_limit)
+        out[name] = sample_student(student_dir, problems, config, k=0, engine=engine, progress=progress,
+                                   out_dir=student_dir / "transfer" / name)[0]
+    return out
+
+
+def transfer_accuracy(run_dir: str | os.PathLike, config: EvalConfig):
+    """The generality table: greedy accuracy of every student (and ``ENSEMBLE``) on every transfer set
+    it has decoded: DataFrame with student, dataset, policy, acc, lo, hi, n."""
+    frames = []
+    for spec in config.transfer:
+        name = spec.split(":")[0]
+        problems = transfer_problems(spec, config.transfer_limit)
+        by_student = {d.name: select(read_samples(d / "transfer" / name), config, model=_student_tag(d),
+                                     problems=problems)
+                      for d in students(run_dir) if (d / "transfer" / name / SAMPLES_FILE).exists()}
+        for student, samples in _with_ensemble(by_student).items():
+            frame = greedy_accuracy(samples, problems, policies=_policies(student)[1],
+                                    bootstrap=config.bootstrap, ci=config.ci, seed=config.seed)
+            frames.append(frame.assign(student=student, dataset=name))
+    return _frame(frames, ["student", "dataset", "policy", "acc", "lo", "hi", "n"])
+
+
+# ----------------------------------------------------------------------------- the teacher's own votes
+
+def teacher_samples(rationales, *, shuffle_seed: int | None = 0) -> list[Sample]:
+    """Recorded teacher rationales as sampled paths, with the answer and status the teachers module gave them.
+
+    ``index`` is the rationale's place in a seeded shuffle of its problem's rationales (None keeps
+    the recorded sample numbers). The shuffle matters: a source may store its samples in an
+    informative order (MCC-KD's ten CoTs per SVAMP question are right 95% of the time at sample 0,
+    30% at sample 9), and the vote's tie break (earliest path first) would then favour the right
+    answer; shuffled, the paths are exchangeable like a student's.
+    """
+    by_problem: dict[str, list] = {}
+    for r in sorted(rationales, key=lambda r: r.sample):
+        by_problem.setdefault(r.problem_id, []).append(r)
+    out = []
+    for pid, group in by_problem.items():
+        if shuffle_seed is not None:
+            random.Random(sample_seed(shuffle_seed, pid, group[0].mode, 0)).shuffle(group)
+        out += [Sample(pid, r.mode, i, r.text, r.answer, r.status, None, r.teacher, 0)
+                for i, r in enumerate(group)]
+    return out
+
+
+def teacher_curve(rationales, problems, *, n: int | None = None, shuffle_seed: int | None = 0, seed: int = 0,
+                  bootstrap: int = 1000, ci: float = 0.95):
+    """acc@k (k = 1..n, every k-subset) of a teacher's recorded samples of one mode, over the problems
+    with at least n of them (n: the most any problem has): ``acc_at_k``'s DataFrame, with ``policy``."""
+    samples = teacher_samples(rationales, shuffle_seed=shuffle_seed)
+    modes = {s.mode for s in samples}
+    if len(modes) != 1:
+        raise ValueError(f"teacher_curve takes rationales of one mode, got {sorted(modes)}")
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.problem_id] = counts.get(s.problem_id, 0) + 1
+    n = n or max(counts.values())
+    kept = [p for p in problems if counts.get(p.id, 0) >= n]
+    ids = {p.id for p in kept}
+    samples = [s for s in samples if s.problem_id in ids and s.index < n]
+    policy = modes.pop()
+    return acc_at_k(samples, kept, policy=policy, n_subsets=math.comb(n, n // 2), seed=seed,
+                    bootstrap=bootstrap, ci=ci).assign(policy=policy)

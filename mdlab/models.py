@@ -11,13 +11,18 @@
   in a few steps and generates garbage, which is all a test needs.
 - anything else: a hub id or a local path, passed through unchanged.
 
-``load(name, quant=...)`` applies the policy in design.md: 4-bit NF4 + double quantization +
-bf16 compute on CUDA (QLoRA); full fp32 weights on CPU, where bitsandbytes 4-bit is ~6x slower.
-Nothing here downloads unless the user names a hub id that is not cached.
+``load(name, quant=..., dtype=...)`` applies the policy in design.md: 4-bit NF4 + double
+quantization on CUDA (QLoRA); full-precision weights on CPU, where bitsandbytes 4-bit is ~6x
+slower. The compute dtype comes from the device (``compute_dtype``): bf16 on GPUs that have it,
+fp16 on older ones (T4, V100, RTX 20xx), and on a CPU bf16 only where a short probe finds that
+it multiplies bf16 natively (AVX512-BF16 / AMX: 2-4x the fp32 rate), fp32 elsewhere (most
+laptops emulate bf16 and would get slower). Nothing here downloads unless the user names a hub
+id that is not cached.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +32,8 @@ from mdlab.data import cache_dir
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Quant = Literal["auto", "none", "nf4"]
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+DTYPES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 
 
 class ModelError(RuntimeError):
@@ -134,16 +141,59 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def quantization_config(quant: Quant = "auto"):
-    """The QLoRA config on CUDA (NF4, double quantization, bf16 compute), else None."""
+@functools.cache
+def cpu_bf16_fast(size: int = 256, seconds: float = 0.05) -> bool:
+    """Whether this CPU multiplies bf16 matrices clearly faster than fp32 (a ~0.2 s probe, run once).
+
+    Flags alone do not say it: PyTorch runs bf16 everywhere, but without AVX512-BF16 or AMX it
+    converts in software and is slower than fp32. So time both and require a clear margin.
+    """
+    import time
+
+    import torch
+
+    def rate(dtype) -> float:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+        return count / (time.perf_counter() - start)
+
+    return rate(torch.bfloat16) > 1.5 * rate(torch.float32)
+
+
+def compute_dtype(choice: Dtype = "auto", device_type: str | None = None):
+    """The torch dtype to compute in: an explicit choice, or for ``auto`` the best the device runs natively.
+
+    auto: CUDA with bf16 (Ampere and newer) -> bf16; CUDA without (T4, V100, RTX 20xx) -> fp16;
+    a CPU with native bf16 matrix units (``cpu_bf16_fast``) -> bf16; any other CPU -> fp32.
+    """
+    import torch
+
+    if choice not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {choice!r}")
+    if choice != "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+    device_type = device_type or device()
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_bf16_fast() else torch.float32
+
+
+def quantization_config(quant: Quant = "auto", dtype: Dtype = "auto"):
+    """The QLoRA config on CUDA (NF4, double quantization, the device's compute dtype), else None."""
     import torch
 
     if quant == "none" or (quant == "auto" and not torch.cuda.is_available()):
         return None
     from transformers import BitsAndBytesConfig
 
+    compute = compute_dtype(dtype) if torch.cuda.is_available() else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+                              bnb_4bit_compute_dtype=compute)
 
 
 def load_tokenizer(name: str | os.PathLike):
@@ -155,19 +205,22 @@ def load_tokenizer(name: str | os.PathLike):
     return tokenizer
 
 
-def load(name: str | os.PathLike, *, quant: Quant = "auto", adapter: str | os.PathLike | None = None):
-    """(model, tokenizer) for a name, quantized per the policy, with an optional LoRA adapter."""
+def load(name: str | os.PathLike, *, quant: Quant = "auto", adapter: str | os.PathLike | None = None,
+         dtype: Dtype = "auto"):
+    """(model, tokenizer) for a name, quantized per the policy, weights in ``compute_dtype(dtype)``.
+
+    With an adapter, peft keeps the LoRA weights in fp32 whatever the base's dtype.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve(name)
-    qconfig = quantization_config(quant)
+    qconfig = quantization_config(quant, dtype)
     kwargs = {"quantization_config": qconfig} if qconfig is not None else {}
+    kwargs.update(dtype=compute_dtype(dtype) if qconfig is None or torch.cuda.is_available() else torch.float32)
     if torch.cuda.is_available():
         # one GPU per process when launched data parallel (torchrun / accelerate launch set LOCAL_RANK)
-        kwargs.update(dtype=torch.bfloat16, device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
-    else:
-        kwargs.update(dtype=torch.float32)
+        kwargs.update(device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:

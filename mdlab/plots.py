@@ -1,11 +1,14 @@
 """Figures and the results table for notebook 05.
 
-``accuracy_vs_k`` draws acc@k (with its bootstrap band) for each student, one panel per
-voting policy; ``greedy_bars`` draws single-path (greedy) accuracy per student and policy;
-``results_table`` puts our numbers beside the paper's, stating the split and the decoding of
-each; ``write_report`` saves all of it under the run directory (``curves.csv``,
-``greedy.csv``, ``figures/*.png``, ``results.md``). Inputs are the DataFrames of
-``evaluate.evaluate_students`` (columns student, policy, k, acc, lo, hi, n).
+``accuracy_vs_k`` draws acc@k (with its bootstrap band) for every student, one panel per
+voting policy (the two-student ``ensemble`` shares the ``mixed`` panel: both pool k CoT and k
+PoT paths), each student's greedy path as a point at the left; ``greedy_bars`` draws
+single-path (greedy) accuracy per student and policy; ``teacher_self_consistency`` draws a
+recorded teacher's CoT vote beside the students'; ``results_table`` puts our numbers beside
+the paper's, stating the split and the decoding of each; ``write_report`` saves all of it under
+the run directory (``curves.csv``, ``greedy.csv``, ``figures/*.png``, ``results.md``,
+``results.json``). Inputs are the DataFrames of ``evaluate.evaluate_students`` (columns
+student, policy, k, acc, lo, hi, n) and the claims of ``evaluate.comparisons``.
 
 What it simplifies: the paper's numbers are quoted as published (Li et al., 2023, "Mixed
 Distillation Helps Smaller Language Model Better Reasoning", SVAMP): its split is not
@@ -16,7 +19,9 @@ as ours), so the comparison is indicative, never paired. Loss curves are drawn b
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 from pathlib import Path
 
 # (system, role, accuracy %) on SVAMP as reported in the MD paper
@@ -27,11 +32,15 @@ PAPER_SVAMP = (
 )
 PAPER_DATA = "SVAMP; split not published (figures are multiples of 0.5: consistent with 200 test problems)"
 PAPER_DECODING = "as reported; students: multi-path sampling and voting"
-STUDENT_LABELS = {"md": "MD (CoT + PoT)", "cot": "CoT only", "pot": "PoT only"}
+STUDENT_LABELS = {"md": "MD (CoT + PoT)", "cot": "CoT only", "pot": "PoT only",
+                  "cot+pot": "CoT-only + PoT-only (ensemble)", "base": "untrained base model"}
 GREEDY_LABELS = {"cot": "greedy, 1 CoT path", "pot": "greedy, 1 PoT path",
                  "pot_then_cot": "greedy, the PoT path, the CoT path where the program failed"}
 POLICY_LABELS = {"cot": "CoT vote", "pot": "PoT vote", "mixed": "mixed vote (CoT + PoT pooled)",
-                 "pot_then_cot": "PoT, CoT where every program failed"}
+                 "pot_then_cot": "PoT, CoT where every program failed",
+                 "ensemble": "ensemble vote (CoT-only student's CoT + PoT-only student's PoT pooled)"}
+PANEL = {"ensemble": "mixed"}  # the policy whose panel a policy shares: both pool k CoT and k PoT paths
+PANEL_TITLES = {**POLICY_LABELS, "mixed": "CoT + PoT pooled (MD: mixed; two students: ensemble)"}
 
 
 def _plt():
@@ -54,47 +63,103 @@ def _colors(students) -> dict[str, str]:
     return {s: f"C{order.index(s)}" for s in students}
 
 
-def accuracy_vs_k(curves, path: str | os.PathLike | None = None, *, greedy=None, title: str | None = None):
-    """One panel per policy: acc@k per student with its interval as a band (greedy as a dotted line)."""
-    plt = _plt()
-    policies = [p for p in POLICY_LABELS if p in set(curves["policy"])]
-    if not policies:
-        raise ValueError("no acc@k curves to draw (no student has sampled paths)")
-    from matplotlib.ticker import MaxNLocator
-
-    cols = 2 if len(policies) == 4 else len(policies)
-    rows_ = (len(policies) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.2 * rows_ + 0.6), sharey=True, squeeze=False)
-    students = list(dict.fromkeys(curves["student"]))
-    colors = _colors(students)
-    for ax, policy in zip(axes.flat, policies):
-        part = curves[curves["policy"] == policy]
-        for student, rows in part.groupby("student", sort=False):
-            rows = rows.sort_values("k")
-            ax.plot(rows["k"], 100 * rows["acc"], marker="o", ms=3, color=colors[student],
-                    label=_label(student))
-            ax.fill_between(rows["k"], 100 * rows["lo"], 100 * rows["hi"], color=colors[student], alpha=0.2)
-            if greedy is not None:
-                single = greedy[(greedy["student"] == student) & (greedy["policy"] == policy)]
-                if len(single):
-                    ax.axhline(100 * single["acc"].iloc[0], color=colors[student], ls=":", lw=1)
-        ax.set_title(POLICY_LABELS[policy], fontsize=9)
-        ax.set_xlabel("k (paths per mode)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(policies):]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy (%)")
-    handles = [plt.Line2D([], [], color=colors[s], marker="o", ms=3, label=_label(s)) for s in students]
-    fig.legend(handles=handles, loc="lower center", ncol=len(students), fontsize=8, frameon=False)
-    fig.suptitle(title or "Self-consistency: accuracy vs k (band: 95% bootstrap interval; dotted: greedy)",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+def _save(fig, path):
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
+
+
+def _curve(ax, rows, color: str, label: str, **style):
+    """One acc@k line (percent) with its bootstrap interval as a band."""
+    rows = rows.sort_values("k")
+    ax.plot(rows["k"], 100 * rows["acc"], marker="o", ms=3, color=color, label=label, **style)
+    ax.fill_between(rows["k"], 100 * rows["lo"], 100 * rows["hi"], color=color, alpha=0.2)
+
+
+def _accuracy_limits(ax):
+    # at least 0-5%, and no negative ticks: a student right nowhere would otherwise sit on a +-0.05% axis
+    lo, hi = ax.get_ylim()
+    top = max(hi, 5.0)
+    ax.set_ylim(max(lo, -0.04 * top), top)
+
+
+def _suptitle(fig, text: str, width_in: float):
+    # wrapped to the figure: a long title on a one-panel figure would otherwise run off both edges
+    fig.suptitle(textwrap.fill(text, max(30, int(width_in * 12))), fontsize=10)
+
+
+def accuracy_vs_k(curves, path: str | os.PathLike | None = None, *, greedy=None, title: str | None = None):
+    """One panel per policy: acc@k per student with its interval as a band; greedy paths as points left."""
+    plt = _plt()
+    if not len(curves):
+        raise ValueError("no acc@k curves to draw (no student has sampled paths)")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    greedy = greedy if greedy is not None else curves.iloc[:0]
+    shown = {PANEL.get(p, p) for p in curves["policy"]} | set(greedy["policy"])
+    panels = [p for p in POLICY_LABELS if p in shown and p not in PANEL]
+    cols = 2 if len(panels) == 4 else len(panels)
+    rows_ = (len(panels) + cols - 1) // cols
+    width = max(6.4, 4.2 * cols)
+    fig = plt.figure(figsize=(width, 3.2 * rows_ + 1.0), layout="constrained")
+    axes = fig.subplots(rows_, cols, sharey=True, squeeze=False)
+    students = list(dict.fromkeys(list(curves["student"]) + list(greedy["student"])))
+    colors = _colors(students)
+    for ax, panel in zip(axes.flat, panels):
+        part = curves[curves["policy"].map(lambda p: PANEL.get(p, p)) == panel]
+        for student, rows in part.groupby("student", sort=False):
+            _curve(ax, rows, colors[student], _label(student))
+        single = greedy[greedy["policy"] == panel]
+        for offset, (_, row) in enumerate(single.iterrows()):
+            x = -0.3 + 0.6 * offset / max(1, len(single) - 1)  # side by side at "greedy"
+            acc = 100 * row["acc"]
+            ax.errorbar([x], [acc], yerr=[[acc - 100 * row["lo"]], [100 * row["hi"] - acc]], fmt="D", ms=4,
+                        capsize=2, color=colors[row["student"]])
+        ax.set_title(PANEL_TITLES[panel], fontsize=9)
+        ax.set_xlabel("k (paths per mode)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: "greedy" if x == 0 else f"{x:g}"))
+        ax.set_xlim(left=-0.6)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    _accuracy_limits(axes[0, 0])  # shared by every panel
+    handles = [plt.Line2D([], [], color=colors[s], marker="o", ms=3, label=_label(s)) for s in students]
+    handles.append(plt.Line2D([], [], color="gray", marker="D", ms=4, ls="none", label="greedy (one path)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8,
+               frameon=False)
+    _suptitle(fig, title or "Self-consistency: accuracy vs k (bands and whiskers: 95% bootstrap intervals)",
+              width)
+    return _save(fig, path)
+
+
+def teacher_self_consistency(teacher, path: str | os.PathLike | None = None, *, curves=None,
+                             teacher_label: str = "teacher (recorded)", title: str | None = None):
+    """A recorded teacher's acc@k (``evaluate.teacher_curve``) beside the students' CoT-vote curves."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    width = 6.4
+    fig, ax = plt.subplots(figsize=(width, 4.0), layout="constrained")
+    _curve(ax, teacher, "black", f"{teacher_label}, {int(teacher['n'].iloc[0])} problems")
+    if curves is not None and len(curves):
+        part = curves[curves["policy"] == "cot"]
+        colors = _colors(list(dict.fromkeys(part["student"])))
+        for student, rows in part.groupby("student", sort=False):
+            label = f"{_label(student)}, {int(rows['n'].iloc[0])} problems"
+            _curve(ax, rows, colors[student], label, ls="--")
+    ax.set_xlabel("k (CoT paths voted)")
+    ax.set_ylabel("accuracy (%)")
+    _accuracy_limits(ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _suptitle(fig, title or ("Self-consistency of the CoT vote: the teacher's recorded samples and the "
+                             "students' (band: 95% bootstrap interval)"), width)
+    return _save(fig, path)
 
 
 def greedy_bars(greedy, path: str | os.PathLike | None = None, *, title: str | None = None):
@@ -127,10 +192,7 @@ def greedy_bars(greedy, path: str | os.PathLike | None = None, *, title: str | N
     ax.legend(fontsize=8, loc="upper left", ncol=len(students))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+    return _save(fig, path)
 
 
 def _pct(acc: float, lo: float | None = None, hi: float | None = None) -> str:
@@ -151,7 +213,7 @@ def results_table(curves, greedy, *, data: str, student_model: str, temperature:
     rows = [{"source": "paper", "system": name, "role": role, "data": PAPER_DATA, "decoding": PAPER_DECODING,
              "accuracy": f"{acc:.1f}"} for name, role, acc in PAPER_SVAMP]
     for student in dict.fromkeys(list(greedy["student"]) + list(curves["student"])):
-        system = f"{student_model}, {_label(student)}"
+        system = _label(student) if student == "base" else f"{student_model}, {_label(student)}"
         for _, row in greedy[greedy["student"] == student].iterrows():
             rows.append({"source": "mdlab", "system": system, "role": "student", "data": data,
                          "decoding": GREEDY_LABELS.get(row["policy"], f"greedy; {row['policy']}"),
@@ -179,24 +241,70 @@ def results_table(curves, greedy, *, data: str, student_model: str, temperature:
     return table, markdown
 
 
+def comparisons_markdown(claims) -> str:
+    """The paired claims (``evaluate.comparisons``) as a markdown table, differences in points."""
+    lines = ["| a | b | a - b, points [95% CI] | McNemar p | problems |", "|---|---|---|---|---|"]
+    for c in claims:
+        p = c.get("p_mcnemar")
+        lines.append(f"| {c['a']} | {c['b']} | {c['diff']:+.1f} [{c['lo']:+.1f}, {c['hi']:+.1f}] | "
+                     f"{'' if p is None else f'{p:.3g}'} | {c.get('n_problems', '')} |")
+    note = ("Paired over the same problems: percentile bootstrap of the difference (problems resampled "
+            "jointly); McNemar's exact test where both sides are one greedy path; @k: acc@k, k paths per "
+            "mode.")
+    return "\n".join(lines) + f"\n\n- {note}\n"
+
+
+def transfer_markdown(transfer) -> str:
+    """The generality table (``evaluate.transfer_accuracy``): student x transfer set, greedy accuracy %."""
+    policies = [p for p in GREEDY_LABELS if p in set(transfer["policy"])]
+    names = {"cot": "greedy CoT", "pot": "greedy PoT", "pot_then_cot": "greedy PoT, else CoT"}
+    lines = ["| student | dataset | problems | " + " | ".join(names[p] for p in policies) + " |",
+             "|---|---|---:|" + "---|" * len(policies)]
+    for (student, dataset), part in transfer.groupby(["student", "dataset"], sort=False):
+        by_policy = part.set_index("policy")
+        cells = [_pct(*by_policy.loc[p, ["acc", "lo", "hi"]]) if p in by_policy.index else ""
+                 for p in policies]
+        lines.append(f"| {_label(student)} | {dataset} | {int(part['n'].iloc[0])} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(run_dir: str | os.PathLike, curves, greedy, *, data: str, student_model: str,
-                 temperature: float, top_p: float = 1.0, teacher: str | None = None) -> dict[str, Path]:
-    """curves.csv, greedy.csv, figures/accuracy_vs_k.png, figures/greedy.png, results.md in ``run_dir``."""
+                 temperature: float, top_p: float = 1.0, teacher: str | None = None, comparisons=(),
+                 transfer=None, teacher_curve=None, teacher_label: str = "teacher (recorded)"):
+    """curves.csv, greedy.csv, figures/*.png, results.md and results.json in ``run_dir``.
+
+    ``comparisons``: ``evaluate.comparisons``; ``transfer``: ``evaluate.transfer_accuracy``;
+    ``teacher_curve``: ``evaluate.teacher_curve``, drawn beside the students' CoT votes.
+    """
+    from mdlab import evaluate
+
     plt = _plt()
     run_dir = Path(run_dir)
     figures = run_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     paths = {"curves": run_dir / "curves.csv", "greedy": run_dir / "greedy.csv",
-             "results": run_dir / "results.md", "greedy_png": figures / "greedy.png"}
+             "results": run_dir / "results.md", "results_json": run_dir / evaluate.RESULTS_FILE,
+             "greedy_png": figures / "greedy.png"}
     curves.to_csv(paths["curves"], index=False)
     greedy.to_csv(paths["greedy"], index=False)
     if len(curves):
         paths["curves_png"] = figures / "accuracy_vs_k.png"
         plt.close(accuracy_vs_k(curves, paths["curves_png"], greedy=greedy))
     plt.close(greedy_bars(greedy, paths["greedy_png"]))
+    if teacher_curve is not None:
+        paths["teacher_png"] = figures / "teacher_self_consistency.png"
+        plt.close(teacher_self_consistency(teacher_curve, paths["teacher_png"], curves=curves,
+                                           teacher_label=teacher_label))
     _, markdown = results_table(curves, greedy, data=data, student_model=student_model,
                                 temperature=temperature, top_p=top_p, teacher=teacher)
+    if comparisons:
+        markdown += "\n## Paired comparisons\n\n" + comparisons_markdown(comparisons)
+    if transfer is not None and len(transfer):
+        markdown += ("\n## Transfer: greedy accuracy % [95% CI] on other datasets\n\n"
+                     + transfer_markdown(transfer))
     figure_lines = "\n".join(f"![{p.stem}](figures/{p.name})" for key, p in paths.items()
                              if key.endswith("_png"))
     paths["results"].write_text(f"# Results\n\n{markdown}\n{figure_lines}\n")
+    blob = evaluate.results(curves, greedy, comparisons, transfer)
+    paths["results_json"].write_text(json.dumps(blob, indent=1))
     return paths

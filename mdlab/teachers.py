@@ -203,6 +203,24 @@ def clean_cot(text: str) -> str:
     return re.sub(r"^A:\s*", "", text)
 
 
+def with_answer_phrase(text: str) -> str:
+    """A CoT that ends in prose ("Therefore, Luke scored 42 points ...") with "The answer is 42." appended.
+
+    MCC-KD's gpt-3.5 CoTs state their answer in a sentence; the student is taught to finish
+    with "The answer is N." (``prompts.STUDENT_INSTRUCTION``), so they get that line, with the
+    number ``answers.extract`` reads from them. Texts that already have the phrase, or commit to
+    no number, are returned unchanged.
+    """
+    text = text.rstrip()
+    if re.search(r"answer\s*(?:is|=|:)", text, re.IGNORECASE):
+        return text
+    value = answers.extract(text)
+    if value is None:
+        return text
+    number = str(int(value)) if float(value).is_integer() else f"{value:.4f}".rstrip("0").rstrip(".")
+    return f"{text}\nThe answer is {number}."
+
+
 def clean_palm(text: str) -> str:
     """PaLM's recorded CoT: cut the run-on, and 'The answer is (16 * 17) * 4.' -> 'The answer is 1088.'.
 
@@ -902,7 +920,7 @@ def _load_recorded(source: str) -> tuple[dict[str, list[tuple[str, str | None]]]
         for row in _read_json(RECORDED[source].files[0]):
             ids = svamp.get(_norm_text(row["instruction"]))
             for raw in row["output"]:
-                add(ids, raw)
+                add(ids, raw, with_answer_phrase(raw))
     elif source == "asdiv-mcckd-cot":
         asdiv = _text_index("asdiv", "all")
         for row in _read_json(RECORDED[source].files[0]):
@@ -1288,8 +1306,11 @@ class TeacherConfig:
                     raise ValueError(f"teacher.{field}: {spec!r} writes only {'/'.join(modes)} rationales")
         if self.temperature < 0:
             raise ValueError(f"teacher.temperature must be >= 0, got {self.temperature}")
-        if self.n > 1 and self.temperature == 0:
-            raise ValueError("teacher.n > 1 needs teacher.temperature > 0 (greedy samples are all the same)")
+        # recorded and annotation teachers replay what they hold: n counts their stored samples, at any temperature
+        called = [spec for spec in self.cot + self.pot + self.live if parse_spec(spec)[0] in ("hf", "openai")]
+        if self.n > 1 and self.temperature == 0 and called:
+            raise ValueError(f"teacher.n > 1 needs teacher.temperature > 0 for the live teacher(s) {called} "
+                             "(greedy samples are all the same)")
         if self.shots is not None and not 0 <= self.shots <= len(prompts.EXEMPLARS):
             raise ValueError(f"teacher.shots must be 0..{len(prompts.EXEMPLARS)} or null, got {self.shots}")
         for field in ("live_problems", "max_tokens", "concurrency", "batch_size"):
@@ -1522,7 +1543,9 @@ def table(rationales: Sequence[Rationale], problems: Sequence[Problem] | None = 
             row["gold"] = gold[r.problem_id].answer
             row["correct"] = answers.same(r.answer, gold[r.problem_id].answer)
         rows.append(row)
-    return pd.DataFrame(rows)
+    # fixed columns, so that selecting them works on an empty table too (a profile without live teachers)
+    columns = ["teacher", "mode", "problem_id", "sample", "status", "answer", "cost", "tokens", "text"]
+    return pd.DataFrame(rows, columns=columns + (["gold", "correct"] if problems else []))
 
 
 def summary(rationales: Sequence[Rationale], problems: Sequence[Problem]):

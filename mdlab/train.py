@@ -94,7 +94,10 @@ class TrainConfig:
     max_problems: int | None = None  # train on rationales of at most N problems (seeded choice; None = all)
     max_length: int = 512  # longest prompt+completion in tokens; longer examples are dropped and reported
     # --- model and LoRA
-    quant: Literal["auto", "none", "nf4"] = "auto"  # auto = NF4 QLoRA on CUDA, fp32 LoRA on CPU
+    quant: Literal["auto", "none", "nf4"] = "auto"  # auto = NF4 QLoRA on CUDA, full-precision LoRA on CPU
+    # compute dtype (models.compute_dtype): auto = bf16 on GPUs that have it, else fp16 with loss scaling; on a
+    # CPU bf16 weights + bf16 autocast where the CPU multiplies bf16 natively (a probe), else fp32
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     lora_rank: int = 16  # LoRA r
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA input
@@ -140,7 +143,8 @@ class TrainConfig:
             raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.warmup < 0:
             raise ValueError(f"train.warmup must be >= 0, got {self.warmup}")
-        choices = {"quant": ("auto", "none", "nf4"), "batching": ("packed", "grouped", "padded"),
+        choices = {"quant": ("auto", "none", "nf4"), "dtype": ("auto", "bf16", "fp16", "fp32"),
+                   "batching": ("packed", "grouped", "padded"),
                    "optim": ("auto", "paged_adamw_8bit", "adamw_torch"),
                    "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup")}
         for name, allowed in choices.items():
@@ -350,14 +354,15 @@ def check_base(adapter_dir: str | os.PathLike, model: str) -> dict:
     return manifest
 
 
-def load_student(adapter_dir: str | os.PathLike, *, model: str | None = None, quant: str = "auto"):
+def load_student(adapter_dir: str | os.PathLike, *, model: str | None = None, quant: str = "auto",
+                 dtype: str = "auto"):
     """(model, tokenizer): the adapter's base (from its manifest, or ``model``), checked, with the adapter on."""
     from mdlab import models
 
     manifest = read_adapter_manifest(adapter_dir)
     base = model or manifest["base"]["name"]
     check_base(adapter_dir, base)
-    return models.load(base, quant=quant, adapter=adapter_dir)
+    return models.load(base, quant=quant, adapter=adapter_dir, dtype=dtype)
 
 
 def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, dtype=None,
@@ -372,7 +377,9 @@ def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     from mdlab import models
 
     dtype = dtype or torch.bfloat16
-    merged, tokenizer = load_student(adapter_dir, model=model, quant="none")
+    # an fp32 merge reads the base in fp32 (the default compute dtype may be bf16 on this device)
+    merged, tokenizer = load_student(adapter_dir, model=model, quant="none",
+                                     dtype="fp32" if dtype == torch.float32 else "auto")
     merged = merged.merge_and_unload().to(dtype)
     merged.eval()
     if out_dir is not None:
@@ -706,6 +713,10 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     from trl import SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available()
+    dtype = models.compute_dtype(config.dtype)
+    if dtype == torch.float16 and not cuda:
+        raise TrainError("train.dtype='fp16' needs a CUDA GPU (CPUs have no fp16 autocast for training); use "
+                         "'auto', 'bf16' or 'fp32'")
     gradient_checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
     optim = config.optim if config.optim != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -723,7 +734,8 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1, optim=optim,
         activation_checkpointing=gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        bf16=cuda and torch.cuda.is_bf16_supported(), logging_steps=config.logging_steps,
+        # autocast in the compute dtype; fp16 also turns on loss scaling (GPUs without bf16)
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         max_length=config.max_length,
         packing=config.batching == "packed", packing_strategy="bfd",
@@ -766,7 +778,7 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     from peft import LoraConfig
 
     set_seed(config.seed)  # LoRA init happens in SFTTrainer.__init__, before the Trainer seeds
-    model, tokenizer = models.load(config.model, quant=config.quant)
+    model, tokenizer = models.load(config.model, quant=config.quant, dtype=config.dtype)
     model.config.use_cache = False
     peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=config.target_modules, task_type="CAUSAL_LM")
@@ -792,7 +804,7 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
         losses = read_loss(out)
         manifest = {
             "student": student, "fingerprint": fingerprint, "base": base,
-            "quantized": bool(getattr(model, "is_loaded_in_4bit", False)),
+            "quantized": bool(getattr(model, "is_loaded_in_4bit", False)), "dtype": str(dtype).replace("torch.", ""),
             "config": dataclasses.asdict(config),
             "examples": len(rows), "by_mode": {m: sum(r["mode"] == m for r in rows) for m in ("cot", "pot")},
             "tokens": sum(lengths), "steps": trainer.state.global_step, "resumed_from_step": resumed_from,

@@ -66,7 +66,7 @@ def _reference(by_problem: dict, gold: dict, policy: str, k: int) -> float:
         else:
             for p_set, c_set in itertools.product(pot_sets, cot_sets):
                 pot_answers, cot_answers = [pot[i] for i in p_set], [cot[i] for i in c_set]
-                if policy == "mixed":
+                if policy in ("mixed", "ensemble"):
                     winner = evaluate.vote(pot_answers + cot_answers)  # PoT paths listed first
                 else:
                     winner = evaluate.vote(pot_answers)
@@ -146,6 +146,158 @@ def test_greedy_accuracy_is_separate_from_sampled_paths():
     assert curves.loc["cot", "acc"] == 0.5  # sampled paths only: a's 9s are wrong, b's 3 right
 
 
+# ----------------------------------------------------------------------------- paired statistics, claims
+
+def test_per_problem_feeds_acc_at_k_and_greedy_accuracy():
+    problems, samples, _ = _synthetic(5, 6, seed=4)
+    table = evaluate.per_problem(samples, problems, policy="mixed", ks=[2, 5], n_subsets=7)
+    assert list(table.index) == [p.id for p in problems] and list(table.columns) == [2, 5]
+    curve = evaluate.acc_at_k(samples, problems, policy="mixed", ks=[2, 5], n_subsets=7, bootstrap=0)
+    assert curve["acc"].tolist() == pytest.approx(table.mean(0).tolist())
+    # the random subsets at k do not depend on which other ks were asked for
+    alone = evaluate.per_problem(samples, problems, policy="mixed", ks=[5], n_subsets=7)
+    assert alone[5].tolist() == table[5].tolist()
+    greedy = [s for p in problems
+              for s in _samples(p.id, "cot", [], greedy=p.answer if p.id != "p1" else -1.0)]
+    hits = evaluate.per_problem(greedy, problems, policy="cot", greedy=True)
+    assert hits[1].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0]
+    assert evaluate.greedy_accuracy(greedy, problems, bootstrap=0)["acc"].tolist() == [0.8]
+
+
+def test_paired_bootstrap_and_mcnemar_on_hand_cases():
+    from scipy.stats import binomtest
+
+    b = np.array([0.0, 0.5, 1.0, 0.25, 0.0, 0.75])
+    assert evaluate.paired_bootstrap(b + 0.25, b, bootstrap=500) == pytest.approx((25.0, 25.0, 25.0))
+    a = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1, 1.0])
+    c = np.array([0, 1, 0, 0, 0, 1, 0, 1, 1, 0.0])
+    diff, lo, hi = evaluate.paired_bootstrap(a, c, bootstrap=2000, seed=3)
+    assert diff == pytest.approx(30.0) and lo < diff < hi and -100 <= lo and hi <= 100
+    assert evaluate.paired_bootstrap(a, c, bootstrap=2000, seed=3) == (diff, lo, hi)  # seeded
+    # pandas vectors are paired by problem id, not by position
+    import pandas as pd
+
+    ids = [f"p{i}" for i in range(10)]
+    shuffled = pd.Series(c, index=ids).iloc[::-1]
+    paired = evaluate.paired_bootstrap(pd.Series(a, index=ids), shuffled, bootstrap=2000, seed=3)
+    assert paired == (diff, lo, hi)
+    # McNemar: 1 problem only a gets right, 9 only b; 5 both, 5 neither
+    only_a = np.r_[1, np.zeros(9), np.ones(5), np.zeros(5)]
+    only_b = np.r_[0, np.ones(9), np.ones(5), np.zeros(5)]
+    assert evaluate.mcnemar(only_a, only_b) == pytest.approx(0.021484375)
+    assert evaluate.mcnemar(a, c) == pytest.approx(binomtest(4, 5, 0.5).pvalue)  # discordant: 4 vs 1
+    assert evaluate.mcnemar(a, a) == 1.0
+    with pytest.raises(ValueError, match="0/1"):
+        evaluate.mcnemar(b, b)
+    with pytest.raises(ValueError, match="same problems"):
+        evaluate.paired_bootstrap(a, c[:5])
+
+
+def test_ensemble_is_mixed_over_two_students_paths():
+    problems, samples, by_problem = _synthetic(4, 3, seed=5)
+    gold = {p.id: p.answer for p in problems}
+    cot_only = [s for s in samples if s.mode == "cot"]
+    pot_only = [s for s in samples if s.mode == "pot"]
+    combined = cot_only + pot_only
+    ensemble = evaluate.acc_at_k(combined, problems, policy="ensemble", bootstrap=0)
+    assert ensemble.equals(evaluate.acc_at_k(combined, problems, policy="mixed", bootstrap=0))
+    exact = [_reference(by_problem, gold, "mixed", k) for k in (1, 2, 3)]
+    assert ensemble["acc"].tolist() == pytest.approx(exact)
+    # one student's curves leave the two-student policy out
+    assert "ensemble" not in set(evaluate.curves(samples, problems, bootstrap=0)["policy"])
+
+
+def _write_student(run: Path, name: str, samples) -> None:
+    from mdlab import runs
+
+    (run / "students" / name).mkdir(parents=True)  # no adapter: found by the manifest naming a base model
+    (run / "students" / name / "manifest.json").write_text(json.dumps({"student": name, "base_model": "m"}))
+    runs.JsonlStore(run / "students" / name / evaluate.SAMPLES_FILE).extend(
+        [{**s.__dict__, "model": "base:m"} for s in samples])
+
+
+def test_students_ensemble_claims_and_results_json(tmp_path):
+    from mdlab import plots
+
+    problems = [_problem(f"p{i}", float(i + 1)) for i in range(6)]
+    right, wrong = [p.answer for p in problems], [p.answer + 1 for p in problems]
+    md_pot_greedy = [1, 1, 1, 1, 0, 0]  # md's greedy PoT: right on the first four
+    pot_pot_greedy = [1, 0, 0, 0, 0, 1]  # the PoT-only student's: right on p0 and p5
+    md, cot, pot, base = [], [], [], []
+    for i, p in enumerate(problems):
+        md += _samples(p.id, "cot", [right[i], wrong[i], right[i], right[i]], greedy=wrong[i])
+        md += _samples(p.id, "pot", [right[i]] * 4, greedy=right[i] if md_pot_greedy[i] else wrong[i])
+        cot += _samples(p.id, "cot", [wrong[i], right[i], wrong[i], wrong[i]],
+                        greedy=right[i] if i < 3 else wrong[i])
+        pot += _samples(p.id, "pot", [wrong[i], None, wrong[i], right[i]],
+                        greedy=right[i] if pot_pot_greedy[i] else "none")
+        base += _samples(p.id, "cot", [], greedy=wrong[i]) + _samples(p.id, "pot", [], greedy="none")
+    run = tmp_path / "run"
+    for name, samples in (("md", md), ("cot", cot), ("pot", pot), ("base", base)):
+        _write_student(run, name, samples)
+    cfg = evaluate.EvalConfig(k=4, max_new_tokens=8, bootstrap=200)
+    assert [d.name for d in evaluate.students(run)] == ["md", "base", "cot", "pot"]  # base: no adapter
+    curves, greedy = evaluate.evaluate_students(run, problems, cfg)
+    ens = curves[curves["student"] == evaluate.ENSEMBLE]
+    assert set(ens["policy"]) == {"ensemble"} and list(ens["k"]) == [1, 2, 3, 4]
+    combined = [s for s in cot if s.mode == "cot"] + pot
+    mixed = evaluate.acc_at_k(combined, problems, policy="mixed", bootstrap=0)
+    assert ens["acc"].tolist() == mixed["acc"].tolist()
+    # the ensemble's single path: the PoT-only student's program, else the CoT-only student's CoT
+    g = greedy.set_index(["student", "policy"])["acc"]
+    assert g[(evaluate.ENSEMBLE, "pot_then_cot")] == pytest.approx(4 / 6)  # p0, p5 by PoT; p1, p2 by CoT
+    assert g[("base", "cot")] == 0.0 and ("base", "pot") in g.index
+
+    claims = {(c["a"], c["b"]): c for c in evaluate.comparisons(run, problems, cfg)}
+    pot_claim = claims[("md/greedy_pot", "pot/greedy_pot")]
+    assert pot_claim["diff"] == pytest.approx(100 * (4 - 2) / 6) and pot_claim["n_problems"] == 6
+    # discordant pairs: md alone right on p1, p2, p3; pot alone on p5
+    assert pot_claim["p_mcnemar"] == pytest.approx(evaluate.mcnemar(md_pot_greedy, pot_pot_greedy))
+    assert pot_claim["p_mcnemar"] == pytest.approx(0.625)
+    assert claims[("md/mixed@4", "md/greedy_pot")]["diff"] == pytest.approx(100 * 2 / 6)  # mixed@4: all right
+    vs_ensemble = claims[("md/mixed@4", f"{evaluate.ENSEMBLE}/ensemble@4")]  # capped at the 4 paths sampled
+    assert "p_mcnemar" not in vs_ensemble and vs_ensemble["lo"] <= vs_ensemble["diff"] <= vs_ensemble["hi"]
+    assert ("md/greedy_pot_then_cot", "base/greedy_pot_then_cot") in claims
+
+    paths = plots.write_report(run, curves, greedy, data="synthetic", student_model="S", temperature=0.7,
+                               comparisons=list(claims.values()))
+    blob = json.loads(paths["results_json"].read_text())
+    assert set(blob) == {"rows", "comparisons"}
+    keys = {"student", "policy", "k", "n_problems", "accuracy", "lo", "hi"}
+    assert all(set(row) == keys for row in blob["rows"])
+    rows = {(r["student"], r["policy"], r["k"]): r for r in blob["rows"]}
+    assert rows[("md", "greedy_pot", 1)]["accuracy"] == pytest.approx(100 * 4 / 6)  # percent
+    assert rows[("md", "mixed", 4)]["accuracy"] == pytest.approx(100.0)
+    assert (evaluate.ENSEMBLE, "ensemble", 4) in rows and ("base", "greedy_cot", 1) in rows
+    assert all({"a", "b", "diff", "lo", "hi"} <= set(c) for c in blob["comparisons"])
+    table, claims_table = evaluate.read_results(run)
+    assert len(table) == len(blob["rows"])
+    assert list(claims_table.columns[:5]) == ["a", "b", "diff", "lo", "hi"]
+    assert "md/greedy_pot | pot/greedy_pot | +33.3" in paths["results"].read_text()
+
+
+def test_teacher_self_consistency_mcckd(tmp_path):
+    """gpt-3.5's ten recorded CoTs per SVAMP train question (MCC-KD), voted over k of them."""
+    from mdlab import teachers
+
+    train = data.load("svamp", "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the source covers 564 of the 800 train problems
+        rationales = teachers.generate(teachers.Recorded("svamp-mcckd-cot"), train, "cot", n=10,
+                                       run_dir=tmp_path, progress=False)
+    curve = evaluate.teacher_curve(rationales, train, bootstrap=200).set_index("k")
+    assert (curve["n"] == 564).all() and list(curve.index) == list(range(1, 11))
+    acc = 100 * curve["acc"]
+    # the issue's figures: 68.1 one path, 75.1 voting 3, 79.6 voting 5, 82.8 voting all ten
+    assert acc[[1, 3, 5, 10]].tolist() == pytest.approx([68.1, 75.1, 79.6, 82.8], abs=0.5)
+    assert acc[[1, 3, 5, 10]].round(2).tolist() == [68.12, 74.92, 79.69, 82.98]  # this seeded shuffle
+    # in the recorded order the first samples are the right ones (95% at sample 0, 30% at sample 9), and the
+    # earliest-first tie break would turn that order into points: why teacher_samples shuffles
+    recorded = evaluate.teacher_curve(rationales, train, shuffle_seed=None, bootstrap=0).set_index("k")
+    recorded = 100 * recorded["acc"]
+    assert recorded[1] == pytest.approx(acc[1]) and recorded[3] > acc[3] + 5
+
+
 # ----------------------------------------------------------------------------- the sampler on a tiny model
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,7 +313,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return models.load(str(models.tiny_path()))
+    return models.load(str(models.tiny_path()), dtype="fp32")  # fp32: the decoding-loop tests compare tokens
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +325,7 @@ def problems():
 def embedded():
     """The embedded 135M model: unlike the random tiny one, its next token depends on the whole context,
     so a misplaced position or KV column changes what it writes."""
-    return models.load("embedded")
+    return models.load("embedded", dtype="fp32")  # bf16 rounding would differ between batch shapes
 
 
 def test_greedy_path_equals_transformers_generate(embedded, problems, tmp_path):
@@ -287,8 +439,8 @@ def test_sampling_resumes_after_sigkill_without_duplicates(tmp_path, tiny):
         records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
     keys = [(r["problem_id"], r["index"]) for r in records]
     assert len(keys) == len(set(keys)) == 24 * 4  # every path once, nothing twice
-    fresh = evaluate.sample(evaluate.backend(tiny, tag=str(models.tiny_path())), problems, "cot",
-                            run_dir=tmp_path / "fresh", **kw)
+    # loaded like the killed and the resumed run (same default dtype), so the paths must agree token for token
+    fresh = evaluate.sample(str(models.tiny_path()), problems, "cot", run_dir=tmp_path / "fresh", **kw)
     assert [s.text for s in resumed] == [s.text for s in fresh]
 
 
@@ -354,7 +506,7 @@ def test_student_directory_with_an_adapter(tiny, problems, tmp_path):
                                   run_dir=tmp_path / "base", max_new_tokens=6, progress=False)
     assert [s.text for s in samples if s.mode == "cot" and s.index < 0] == [s.text for s in base_greedy]
     curves, greedy = evaluate.evaluate_students(run, problems[:3], cfg)
-    assert set(curves["policy"]) == set(evaluate.POLICIES) and set(curves["k"]) == {1, 2}
+    assert set(curves["policy"]) == set(evaluate.STUDENT_POLICIES) and set(curves["k"]) == {1, 2}
     assert set(greedy["student"]) == {"md"} and len(greedy) == 3
     # another temperature in the same file is another run: not mixed into these curves
     evaluate.sample(run / "students" / "md", problems[:3], "cot", k=2, temperature=1.3, seed=0,
@@ -362,11 +514,41 @@ def test_student_directory_with_an_adapter(tiny, problems, tmp_path):
     assert evaluate.evaluate_students(run, problems[:3], cfg)[0].equals(curves)
 
 
+def test_untrained_base_student_and_transfer_sets(problems, tmp_path):
+    """students/base/ names a model (no adapter): it is sampled, evaluated and decodes the transfer sets."""
+    run = tmp_path / "run"
+    base = evaluate.base_student(run, str(models.tiny_path()))
+    cfg = evaluate.EvalConfig(k=2, max_new_tokens=4, bootstrap=20,
+                              transfer=["mawps-addsub:test", "asdiv:all"], transfer_limit=2)
+    assert evaluate.students(run) == [base]
+    samples, _, _ = evaluate.sample_student(base, problems[:2], cfg, progress=False)
+    assert {s.index for s in samples} == {-1} and {s.model for s in samples} == {f"base:{models.tiny_path()}"}
+    curves, greedy = evaluate.evaluate_students(run, problems[:2], cfg)
+    assert curves.empty and set(greedy["policy"]) == {"cot", "pot", "pot_then_cot"}
+
+    asdiv = evaluate.transfer_problems("asdiv:all")
+    assert 2000 < len(asdiv) < 2305 and all(np.isfinite(p.answer) for p in asdiv)  # numeric answers only
+    decoded = evaluate.sample_transfer(base, cfg, progress=False)
+    assert set(decoded) == {"mawps-addsub", "asdiv"}
+    for name in decoded:
+        path = base / "transfer" / name / evaluate.SAMPLES_FILE
+        assert len(evaluate.read_samples(path)) == 2 * 2  # 2 problems x greedy CoT and PoT
+    table = evaluate.transfer_accuracy(run, cfg)
+    assert set(table["dataset"]) == {"mawps-addsub", "asdiv"} and (table["n"] == 2).all()
+    assert set(table["policy"]) == {"cot", "pot", "pot_then_cot"} and set(table["student"]) == {"base"}
+    rows = evaluate.results(curves, greedy, [], table)["rows"]
+    assert {r.get("dataset") for r in rows} == {None, "mawps-addsub", "asdiv"}
+
+
 def test_eval_config_validates_and_profiles_load():
     with pytest.raises(ValueError):
         evaluate.EvalConfig(k=-1)
     with pytest.raises(ValueError):
         evaluate.EvalConfig(top_p=0)
+    with pytest.raises(ValueError, match="transfer"):
+        evaluate.EvalConfig(transfer=["mawps-addsub"])  # no split
+    with pytest.raises(ValueError, match="transfer"):
+        evaluate.EvalConfig(transfer=["asdiv:all", "asdiv:all"])
     for profile in ("smoke", "cpu", "gpu"):
         assert isinstance(config.load(profile).evaluate, evaluate.EvalConfig)
 

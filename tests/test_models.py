@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,40 @@ def test_env_report(capsys):
     report = mdlab.env_report()
     assert report["torch"] and report["device"] in ("cpu", "cuda")
     assert "transformers" in capsys.readouterr().out
+
+
+def test_compute_dtype_follows_the_device(monkeypatch):
+    import torch
+
+    assert models.compute_dtype("fp32") == torch.float32 and models.compute_dtype("bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        models.compute_dtype("int8")
+    # a CPU: bf16 only where the probe finds native bf16 matrix units
+    monkeypatch.setattr(models, "cpu_bf16_fast", lambda: True)
+    assert models.compute_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_bf16_fast", lambda: False)
+    assert models.compute_dtype("auto", "cpu") == torch.float32
+    # GPUs: bf16 on Ampere and newer, fp16 on T4 / V100 / RTX 20xx (faked capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert models.compute_dtype("auto", "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert models.compute_dtype("auto", "cuda") == torch.float16
+
+
+def test_cpu_bf16_probe_agrees_with_the_cpu_flags():
+    """The probe times real matrix products; a CPU with AVX512-BF16 or AMX must pass it, one without fail it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    if " avx" not in flags:
+        pytest.skip("an x86 CPU's flags are needed to compare with")
+    native = " avx512_bf16" in flags or " amx_bf16" in flags
+    assert models.cpu_bf16_fast() == native
+
+
+def test_load_in_the_chosen_dtype(tiny_model_path):
+    import torch
+
+    model, _ = models.load(tiny_model_path, dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model, _ = models.load(tiny_model_path, dtype="fp32")
+    assert next(model.parameters()).dtype == torch.float32

@@ -54,6 +54,19 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(tmp_path):
     assert list(run_dir.glob("students/*/adapter/adapter_config.json")), "no trained adapter"
     assert list(run_dir.glob("students/*/samples.jsonl")), "no samples"
     assert list((run_dir / "figures").glob("*.png")), "no figures"
+    results = json.loads((run_dir / "results.json").read_text())  # design.md's shape
+    assert set(results) == {"rows", "comparisons"} and results["rows"]
+    for row in results["rows"]:
+        assert set(row) == {"student", "policy", "k", "n_problems", "accuracy", "lo", "hi"}, row
+        assert row["lo"] - 1e-9 <= row["accuracy"] <= row["hi"] + 1e-9 and 0 <= row["lo"] and row["hi"] <= 100
+        assert not row["policy"].startswith("greedy_") or row["k"] == 1
+    shown = {(r["student"], r["policy"]) for r in results["rows"]}
+    assert {("md", "greedy_pot"), ("md", "mixed"), ("cot+pot", "ensemble")} <= shown
+    claims = {(c["a"], c["b"]): c for c in results["comparisons"]}
+    assert ("md/mixed@4", "cot+pot/ensemble@4") in claims
+    assert "p_mcnemar" in claims[("md/greedy_pot", "pot/greedy_pot")]
+    assert all(c["lo"] - 1e-9 <= c["diff"] <= c["hi"] + 1e-9 for c in claims.values())
+    assert (run_dir / "figures" / "teacher_self_consistency.png").exists()
     times = json.loads((run_dir / "demo_times.json").read_text())
     assert all(seconds is not None for seconds in times["stages"].values())
     print(f"smoke demo: {first_seconds:.0f} s", {k: round(v) for k, v in times["stages"].items()})
@@ -72,3 +85,61 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(tmp_path):
     assert again["reused"] == list(STAGES), "finished stages were not reused"
     assert again["last_seconds"] < 60
     assert again["stages"] == times["stages"], "a reused stage lost the time of the run that produced it"
+
+
+def _tiny_profile(name: str, folder: Path) -> Path:
+    """A committed profile with the student swapped for `tiny`, a few problems and small k: every other setting
+    (teachers, live: [], students, base, baseline_k, transfer sets) stays as committed."""
+    import yaml
+
+    from mdlab import config
+
+    raw = yaml.safe_load(config.profile_path(name).read_text())
+    raw["data"].update(train_limit=6, test_limit=3)
+    teacher = raw.setdefault("teacher", {})
+    if teacher.get("live"):
+        teacher.update(live=["hf:tiny"], live_problems=1, max_tokens=16, shots=2)
+    raw["train"].update(model="tiny", max_steps=2, save_steps=2, max_problems=None, batch_size=2)
+    evaluation = raw["evaluate"]
+    evaluation.update(k=2, max_new_tokens=16, bootstrap=50)
+    if evaluation.get("baseline_k"):
+        evaluation["baseline_k"] = 2
+    if evaluation.get("transfer"):
+        evaluation["transfer_limit"] = 2
+    path = folder / f"{name}-tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [p.stem for p in sorted((ROOT / "configs").glob("*.yaml")) if p.stem != "smoke"])
+def test_every_committed_profile_runs_end_to_end(name, tmp_path):
+    """All five stages of each profile in configs/ (smoke has its own test), the student swapped for `tiny`."""
+    from mdlab import config
+
+    profile = _tiny_profile(name, tmp_path)
+    committed = config.load(name)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", "mdlab", "demo", "--profile", str(profile), "--run-dir",
+                           str(run_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    students = {row["student"] for row in results["rows"]}
+    assert set(committed.train.students) <= students
+    assert ("base" in students) == committed.evaluate.base
+    datasets = {row.get("dataset") for row in results["rows"]} - {None}
+    assert datasets == {spec.split(":")[0] for spec in committed.evaluate.transfer}
+    if name != "laptop":
+        return
+    # the raw material under docs/<run> rebuilds the same report without the adapters
+    out = tmp_path / "docs"
+    subprocess.run([sys.executable, "-m", "mdlab", "docs", "--run", str(run_dir), "--out", str(out), "--raw"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    assert list(out.glob("students/*/samples.jsonl.gz")) and not list(out.rglob("adapter_model.safetensors"))
+    again = subprocess.run([sys.executable, "-m", "mdlab", "recompute", str(out), "--run-dir",
+                            str(tmp_path / "again")], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "results.json").read_text()) == results

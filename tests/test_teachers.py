@@ -91,7 +91,23 @@ def test_specs_and_config_validation():
     with pytest.raises(ValueError, match="writes only cot"):
         teachers.TeacherConfig(pot=["recorded:svamp-palm-cot"])
     with pytest.raises(ValueError, match="temperature > 0"):
-        teachers.TeacherConfig(n=4)
+        teachers.TeacherConfig(n=4, live=["hf:tiny"])
+    # recorded teachers replay their stored samples: n counts them, no temperature needed
+    assert teachers.TeacherConfig(n=10, cot=["recorded:svamp-mcckd-cot"]).n == 10
+    # an empty table keeps its columns (notebook 01 selects them for a profile without live teachers)
+    assert {"teacher", "mode", "status", "gold", "correct"} <= set(
+        teachers.table([], data.load("svamp", "train", limit=1)).columns)
+
+
+def test_mcckd_cots_get_the_students_answer_line():
+    """MCC-KD's gpt-3.5 CoTs end in prose; they get "The answer is N." with the number they commit to."""
+    prose = ("Points scored per round = 84/2 = 42 points\n\nTherefore, Luke scored 42 points per round in Trivia "
+             "game.")
+    assert teachers.with_answer_phrase(prose).endswith("\nThe answer is 42.")
+    assert teachers.with_answer_phrase("So 7 - 2.5 = 4.5 apples are left").endswith("The answer is 4.5.")
+    done = "5 + 4 = 9. The answer is 9."
+    assert teachers.with_answer_phrase(done) == done
+    assert teachers.with_answer_phrase("No numbers here.") == "No numbers here."
     with pytest.raises(ValueError, match="prices"):
         teachers.TeacherConfig(prices={"m": {"input": 1.0}})
     with pytest.raises(ValueError, match="unknown kind"):
@@ -161,8 +177,8 @@ def test_recorded_samples_are_the_source_index_and_capped(tmp_path):
     problem = next(p for p in _svamp("all") if teacher.available(p, "cot") == 10)
     out = teachers.generate(teacher, [problem], "cot", n=12, run_dir=tmp_path, progress=False)
     assert [r.sample for r in out] == list(range(10))
-    assert out[3].raw is None or out[3].raw.strip() == out[3].text
-    assert out[3].text == teacher.rows[problem.id][3][0].strip()
+    assert out[3].raw.strip() == teacher.rows[problem.id][3][0].strip()  # the source's own text, kept
+    assert out[3].text == teachers.with_answer_phrase(out[3].raw)  # plus the answer line the student learns
 
 
 # ----------------------------------------------------------------------------------- annotations

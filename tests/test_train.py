@@ -41,7 +41,7 @@ def make_inputs(n: int = 16):
 def tiny_config(**overrides) -> train.TrainConfig:
     values = {"model": str(models.tiny_path()), "max_length": 128, "batch_size": 2, "learning_rate": 1e-2,
               "warmup": 0, "lr_scheduler": "constant", "lora_rank": 8, "lora_dropout": 0.0, "max_steps": 6,
-              "save_steps": 100}
+              "save_steps": 100, "dtype": "fp32"}  # fp32: the numerics tests compare logits tightly
     values.update(overrides)
     return train.TrainConfig(**values)
 
@@ -144,6 +144,30 @@ def test_config_validation():
         train.TrainConfig(students=["md", "gsm"])
     with pytest.raises(ValueError, match="batching"):
         train.TrainConfig(batching="bucketed")
+    with pytest.raises(ValueError, match="dtype"):
+        train.TrainConfig(dtype="int8")
+
+
+def test_bf16_training_on_cpu_keeps_lora_in_fp32_and_learns(inputs, tmp_path):
+    """dtype='bf16' on a CPU: bf16 base weights, bf16 autocast, fp32 LoRA weights; the loss still falls."""
+    import torch
+    from safetensors.torch import load_file
+
+    problems, rationales = inputs
+    config = tiny_config(dtype="bf16")
+    adapter = train.fit(config, train.build_examples(rationales, problems, "pot", config=config), tmp_path,
+                        student="pot")
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    assert manifest["dtype"] == "bfloat16"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all(t.dtype == torch.float32 for t in weights.values())
+    losses = train.read_loss(tmp_path, "pot")["loss"]
+    assert losses.iloc[-3:].mean() < losses.iloc[0] - 0.1
+    if not torch.cuda.is_available():  # CPUs have no fp16 autocast for training: a clear error, before loading
+        fp16 = tiny_config(dtype="fp16")
+        with pytest.raises(train.TrainError, match="fp16"):
+            train.fit(fp16, train.build_examples(rationales, problems, "pot", config=fp16), tmp_path / "fp16",
+                      student="pot")
 
 
 # ----------------------------------------------------------------------------------- fit
@@ -191,10 +215,10 @@ def test_adapter_reloads_and_merges_to_the_same_logits(trained):
 
     run, config, adapters = trained
     adapter = adapters["md"]
-    with_adapter, tokenizer = train.load_student(adapter)
+    with_adapter, tokenizer = train.load_student(adapter, dtype="fp32")
     ids = tokenizer(prompts.student_prompt("Tom has 3 apples and buys 4 more. How many now?", "pot"),
                     return_tensors="pt")["input_ids"]
-    base, _ = models.load(config.model)
+    base, _ = models.load(config.model, dtype="fp32")
     with torch.no_grad():
         reference = with_adapter(ids).logits
         assert not torch.allclose(reference, base(ids).logits, atol=1e-3)  # the adapter changes the model
@@ -224,7 +248,7 @@ def test_packed_rows_give_the_same_logits_as_separate_sequences():
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    model, tokenizer = models.load(str(models.tiny_path()))
+    model, tokenizer = models.load(str(models.tiny_path()), dtype="fp32")
     a = tokenizer("Tom has 3 apples.")["input_ids"]
     b = tokenizer("ans = 4 + 5 * 2 - 1")["input_ids"]
     batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(
