@@ -1,0 +1,107 @@
+"""Isolated, fast execution of model-written PoT programs.
+
+``run(program)`` / ``run_many(programs)`` execute untrusted Python and return ``ExecResult``s.
+Every program runs in its own short-lived process, forked from a warm worker (a "zygote": a
+Python process started once that has already imported math, fractions, decimal, ... and, in the
+workers for programs that mention them, numpy or numpy + sympy), so neither interpreter start-up
+nor imports are paid per program. ``run_many`` keeps one worker per core busy and returns
+results in input order; a worker that dies, hangs or cannot clean up after a program is
+replaced. Workers are reused across calls and stopped at exit.
+
+The answer is the variable ``ans``; else the return value of ``solution()`` (PAL) or
+``solver()``; else the last number printed. ints, floats, bools, numpy scalars and size-1
+arrays, sympy numbers, Fraction, Decimal, complex with zero imaginary part and numeric strings
+become floats. A program that ends without error but whose answer is missing, not a number, or
+not finite (nan/inf, also as the last number printed) gets status ``no_answer`` (``error`` says
+why). The answer is reported as computed: no abs(), no rounding.
+
+Statuses: ``ok``; ``error`` (an exception: ``error`` is its last traceback line, e.g.
+"ZeroDivisionError: division by zero"; also syntax errors, programs that are not UTF-8 text,
+crashes, ``os._exit``); ``timeout`` (wall clock, or the CPU limit); ``memory`` (MemoryError under
+the address-space limit, or killed by the kernel's OOM killer); ``forbidden`` (the audit hook
+refused something: a socket, a subprocess, a write outside the working directory, ctypes ...;
+the program is stopped on the spot, so it cannot catch the refusal and report an answer);
+``no_answer``. ``sys.exit()`` / ``sys.exit(0)`` end a program normally; other codes are errors.
+Every text in a result is valid UTF-8 (lone surrogates are replaced).
+
+Modes (``describe()`` names the mode, the active layers and what each missing one costs):
+
+- ``strict``, the default on Linux: every layer below; if one cannot be set up (no namespaces in
+  a container, no libseccomp), ``run`` raises ``SandboxError`` instead of running with less.
+- ``degraded``: whatever this machine allows, with a ``SandboxWarning`` saying what is lost.
+  Opt in with ``MDLAB_SANDBOX=degraded`` or ``sandbox.configure("degraded")``.
+- ``portable``, automatic off Linux (macOS), with a warning: a fresh interpreter per program
+  (``python -I -S``, spawned, not forked) with rlimits, the audit hook, a scrubbed environment
+  and a temporary working directory. No kernel isolation; a few times slower.
+
+Layers (Linux), kernel first:
+
+1. Namespaces. The zygote is PID 1 of its own PID namespace (when it dies the kernel kills every
+   program; programs cannot see or signal host processes), and has its own network namespace
+   (no interface up: no network), IPC namespace (no host SysV IPC) and mount namespace, whose
+   root is a fresh tmpfs holding read-only bind mounts of only what Python needs (/usr, /lib*,
+   the interpreter's trees and site-packages, at both their real and their symlinked paths,
+   /dev/null|zero|urandom, ld.so.cache). Home directories, the repository, /proc and the rest
+   of /etc are not there. Each program gets a fresh tmpfs (64 MiB, 4096 inodes) as its working
+   directory, unmounted afterwards: the kernel discards whatever it left. An ordinary user gets
+   the same inside a user namespace.
+2. A fresh session keyring for the zygote (the host's session keyring is not reachable).
+3. Each child: a new session; its own uid when the zygote is root (0x50000000 + zygote pid);
+   rlimits CPU, AS (``memory_mb``), FSIZE (16 MiB), NOFILE (64), NPROC, CORE (0);
+   PR_SET_NO_NEW_PRIVS; a Landlock domain (Linux >= 5.13): writes only beneath the working
+   directory, no execve, no TCP (>= 6.7), no abstract unix sockets or signals leaving the
+   domain (>= 6.12); then a seccomp filter compiled by libseccomp (through ``pyseccomp``) that
+   refuses (EPERM) fork/exec, new namespaces, keyrings, SysV IPC and POSIX queues, every socket
+   family but AF_UNIX, ptrace and cross-process memory access, bpf, perf, userfaultfd, io_uring,
+   mount, module and clock calls, setsid/setuid; threads stay allowed (up to 15).
+   After that the child drops its handle on libc: nothing of the worker's is left reachable.
+4. An audit hook (``sys.addaudithook``, installed in the child just before the program) refuses
+   sockets other than AF_UNIX, subprocess / os.system / exec / fork, ctypes, tracing, killing
+   other processes, links, and writing, removing, renaming or chmod-ing paths outside the working
+   directory; each refusal stops the program with status ``forbidden``. It is a second layer,
+   for clear statuses: pure Python can get past it (frames, already-resolved ctypes functions,
+   numpy writing raw memory). Its path checks are lexical (relative paths against the current
+   directory, ``..`` and ``//`` resolved); calls relative to a directory descriptor and calls on
+   descriptors (``fchmod``) are left to the kernel layers.
+5. Environment: the zygote clears ``os.environ``; API keys never reach a program.
+6. Memory: the zygote never holds a program's text or output in Python objects. Requests and
+   output go through fixed buffers (``os.readv``), are forwarded as bytes, and are zeroed once the
+   child is gone, so a child forked later inherits nothing of an earlier program.
+7. Output: stdout capped at 64 KiB (the head, plus the last 4 KiB); results parsed by the host.
+
+What this does NOT protect against (measured on Linux 6.18, root, all layers on, and in the
+``no_*`` fallbacks that ``tests/test_sandbox.py`` forces): kernel exploits and bugs in the
+namespace, Landlock, seccomp or rlimit code; CPU side channels and timing; using the host's CPU
+up to the limits (``workers`` programs at once, each up to ``timeout``) and memory up to
+``workers x memory_mb`` (+64 MiB tmpfs each); reading world-readable files inside the bound
+trees (system libraries, the Python installation, site-packages); a program lying about its own
+answer (it can write a result message of its own and exit). The seccomp filter is a deny list
+(default allow), so a harmful system call it does not name is stopped only by the other layers.
+In ``degraded`` mode, check ``describe()["missing"]``: without namespaces, programs see the
+host's file system (reads limited to the Python trees by Landlock, where it exists), and
+without a separate uid (root whose Python lives under a 0700 home) they run as uid 0 without
+capabilities, exempt from the process limit; without seccomp, a program past the audit hook
+reaches whatever the remaining layers leave open (keyrings, SysV IPC, netlink). In ``portable``
+mode only the audit hook stands between a program and the user's files and network.
+
+``memory_mb`` limits the child's whole address space, including what the warm interpreter has
+mapped already (about 18 MB, 100 MB with numpy, 140 MB with sympy). ``random`` is imported
+(and seeded) afresh by each program that uses it; numpy's legacy global RNG starts in the same
+state in every program of a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import time
+
+from .pool import MODES, STATUSES, ExecResult, Pool, SandboxError, SandboxWarning, _default_pool, configure, describe, \
+    run, run_many
+
+__all__ = ["MODES", "STATUSES", "ExecResult", "Pool", "SandboxError", "SandboxWarning", "configure", "describe", "run",
+           "run_many"]
