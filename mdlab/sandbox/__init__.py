@@ -26,13 +26,16 @@ Every text in a result is valid UTF-8 (lone surrogates are replaced).
 
 Modes (``describe()`` names the mode, the active layers and what each missing one costs):
 
-- ``strict``, the default on Linux: every layer below; if one cannot be set up (no namespaces in
-  a container, no libseccomp), ``run`` raises ``SandboxError`` instead of running with less.
+- ``strict``, the default on Linux: the PID, network, mount and IPC namespaces, a fresh session
+  keyring, seccomp and a separate uid (for root) are required, Landlock is used where the kernel
+  has it; if a required layer cannot be set up (no namespaces in a container, no libseccomp),
+  ``run`` raises ``SandboxError`` instead of running with less.
 - ``degraded``: whatever this machine allows, with a ``SandboxWarning`` saying what is lost.
   Opt in with ``MDLAB_SANDBOX=degraded`` or ``sandbox.configure("degraded")``.
 - ``portable``, automatic off Linux (macOS), with a warning: a fresh interpreter per program
   (``python -I -S``, spawned, not forked) with rlimits, the audit hook, a scrubbed environment
-  and a temporary working directory. No kernel isolation; a few times slower.
+  and a temporary working directory. No kernel isolation; slower (an interpreter start, and
+  the imports, per program).
 
 Layers (Linux), kernel first:
 
@@ -44,7 +47,9 @@ Layers (Linux), kernel first:
    /dev/null|zero|urandom, ld.so.cache). Home directories, the repository, /proc and the rest
    of /etc are not there. Each program gets a fresh tmpfs (64 MiB, 4096 inodes) as its working
    directory, unmounted afterwards: the kernel discards whatever it left. An ordinary user gets
-   the same inside a user namespace.
+   the same inside a user namespace. (Without namespaces: a fresh directory in a private
+   temporary one, removed by file descriptor in a throwaway process.) A worker whose clean-up
+   fails retires; the host starts another, so no program sees what an earlier one left.
 2. A fresh session keyring for the zygote (the host's session keyring is not reachable).
 3. Each child: a new session; its own uid when the zygote is root (0x50000000 + zygote pid);
    rlimits CPU, AS (``memory_mb``), FSIZE (16 MiB), NOFILE (64), NPROC, CORE (0);
@@ -53,7 +58,8 @@ Layers (Linux), kernel first:
    domain (>= 6.12); then a seccomp filter compiled by libseccomp (through ``pyseccomp``) that
    refuses (EPERM) fork/exec, new namespaces, keyrings, SysV IPC and POSIX queues, every socket
    family but AF_UNIX, ptrace and cross-process memory access, bpf, perf, userfaultfd, io_uring,
-   mount, module and clock calls, setsid/setuid; threads stay allowed (up to 15).
+   mount, module and clock calls, setsid/setuid; threads stay allowed (up to 15). libseccomp
+   compiles it once on the host (not hand-assembled BPF); each child loads it with one prctl.
    After that the child drops its handle on libc: nothing of the worker's is left reachable.
 4. An audit hook (``sys.addaudithook``, installed in the child just before the program) refuses
    sockets other than AF_UNIX, subprocess / os.system / exec / fork, ctypes, tracing, killing
@@ -69,20 +75,32 @@ Layers (Linux), kernel first:
    child is gone, so a child forked later inherits nothing of an earlier program.
 7. Output: stdout capped at 64 KiB (the head, plus the last 4 KiB); results parsed by the host.
 
-What this does NOT protect against (measured on Linux 6.18, root, all layers on, and in the
-``no_*`` fallbacks that ``tests/test_sandbox.py`` forces): kernel exploits and bugs in the
-namespace, Landlock, seccomp or rlimit code; CPU side channels and timing; using the host's CPU
-up to the limits (``workers`` programs at once, each up to ``timeout``) and memory up to
-``workers x memory_mb`` (+64 MiB tmpfs each); reading world-readable files inside the bound
-trees (system libraries, the Python installation, site-packages); a program lying about its own
-answer (it can write a result message of its own and exit). The seccomp filter is a deny list
-(default allow), so a harmful system call it does not name is stopped only by the other layers.
-In ``degraded`` mode, check ``describe()["missing"]``: without namespaces, programs see the
-host's file system (reads limited to the Python trees by Landlock, where it exists), and
-without a separate uid (root whose Python lives under a 0700 home) they run as uid 0 without
-capabilities, exempt from the process limit; without seccomp, a program past the audit hook
-reaches whatever the remaining layers leave open (keyrings, SysV IPC, netlink). In ``portable``
-mode only the audit hook stands between a program and the user's files and network.
+What this does NOT protect against. Measured here (Linux 6.18, root, Landlock ABI 7) with the
+audit hook switched off, as if a program had got past it, attacking from each mode:
+
+- strict (every layer): reading, writing or listing host files outside the bound trees,
+  /proc, TCP to a host listener, killing a host process, fork, exec, new namespaces, keyrings,
+  SysV IPC, netlink sockets, writing outside the program's own tmpfs: all refused. Still open:
+  reading world-readable files inside the bound trees (system libraries, the Python
+  installation, site-packages); threads (up to 15) and AF_UNIX socket pairs, by design.
+- degraded without namespaces (Landlock and seccomp on): the same refusals, except that the
+  program sees the host's directory tree (reads limited by Landlock to the Python trees);
+  where Python lives under a 0700 home, children run as uid 0 without capabilities.
+- degraded without namespaces, seccomp and Landlock: a program read /etc/shadow and /proc,
+  connected to a host listener, killed a host process, forked a process that outlived it and
+  wrote to the host's /tmp. Only rlimits, the environment and a fresh keyring were left.
+- portable, with the audit hook: sockets, fork, kill, /proc and writes outside the working
+  directory were refused, but reads are not checked (it read /etc/shadow as root).
+  Without the hook it did all of the above but the kill; so the hook is the only wall there.
+
+In every mode: kernel exploits and bugs in the namespace, Landlock, seccomp or rlimit code;
+CPU side channels and timing; using the host's CPU up to the limits (``workers`` programs at
+once, each up to ``timeout``) and memory up to ``workers x memory_mb`` (+64 MiB tmpfs each); a
+program lying about its own answer (it can write a result message of its own and exit 0). The
+seccomp filter is a deny list (default allow): a harmful system call it does not name is
+stopped only by the other layers. The audit hook's path checks are lexical; calls relative to
+directory descriptors and calls on descriptors (``fchmod``) are left to the kernel layers,
+which stop them in strict mode (tested), and in no other mode without Landlock.
 
 ``memory_mb`` limits the child's whole address space, including what the warm interpreter has
 mapped already (about 18 MB, 100 MB with numpy, 140 MB with sympy). ``random`` is imported

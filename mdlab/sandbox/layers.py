@@ -166,7 +166,8 @@ def _high_fd(fd):
     # Children dup2 their pipes onto fds 0-3; keep long-lived fds out of that range.
     import fcntl
 
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    high = fcntl.fcntl(fd, getattr(fcntl, "F_DUPFD_CLOEXEC", fcntl.F_DUPFD), 10)
+    os.set_inheritable(high, False)
     os.close(fd)
     return high
 
@@ -261,17 +262,21 @@ def _remove_tree(path):
         os.close(top)
 
 
-def _remove_in_child(path):
-    """Remove what a program left in a throwaway child process, so that the names it chose never
-    enter the zygote's memory (which later children inherit)."""
+def _empty_in_child(directory):
+    """Remove everything inside ``directory`` in a throwaway child process, so that the names a
+    program chose never enter the zygote's memory (which later children inherit). True if the
+    directory is empty afterwards."""
     pid = os.fork()
     if pid == 0:
         try:
-            _remove_tree(path)
-            os._exit(0)
+            with os.scandir(directory) as entries:
+                names = [e.name for e in entries]
+            for name in names:
+                _remove_tree(os.path.join(directory, name))
+            os._exit(0 if not os.listdir(directory) else 1)
         except BaseException:
             os._exit(1)
-    os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 # Events refused by the audit hook (names: https://docs.python.org/3/library/audit_events.html).

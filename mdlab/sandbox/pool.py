@@ -293,7 +293,9 @@ class Pool:
         self.mode = mode or _default_mode()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        # test knobs: no_namespaces, no_landlock, no_audit_hook, no_seccomp, no_keyring
+        # test knobs: no_namespaces, no_landlock, no_audit_hook, no_seccomp, no_keyring (each
+        # needs mode="degraded"); test_unremovable (clean-up fails after a program that wrote a
+        # file of that name: the worker must retire)
         self._options = dict(_options or {}, mode=self.mode)
         if self.mode != "portable":
             bpf, why = _seccomp_program()

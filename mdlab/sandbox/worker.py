@@ -455,14 +455,13 @@ class _Zygote:
             return
         try:
             os.rmdir(self.workdir)  # the usual case: the program wrote nothing
+            clean = True
         except FileNotFoundError:
-            pass
+            clean = True
         except OSError:
-            _remove_in_child(self.workdir)
-        if self.child_uid is None:  # a same-uid child could create files beside its workdir
-            for name in os.listdir(self.base):
-                _remove_in_child(os.path.join(self.base, name))
-        if os.path.lexists(self.workdir) or os.listdir(self.base):
+            clean = False
+        # A child with the zygote's uid could also have created files beside its workdir.
+        if (not clean or self.child_uid is None) and not _empty_in_child(self.base):
             raise OSError("working directory not removed")
 
     def _collect(self, pid, start, timeout, fds):
