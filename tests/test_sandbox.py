@@ -594,6 +594,7 @@ def test_degraded_mode_is_opt_in_and_says_what_is_lost(monkeypatch, no_ns_pool):
         sandbox.Pool()
     info = no_ns_pool.describe()
     assert info["mode"] == "degraded" and "mount_namespace" in info["missing"] and "seccomp" in info["layers"]
+    assert "\n  without mount_namespace: programs see the host's file system" in str(info)
     if "separate_uid" in info["missing"]:  # root whose Python lives under a 0700 home, no namespaces
         with pytest.warns(sandbox.SandboxWarning, match="separate_uid: programs run as uid 0"):
             with sandbox.Pool("degraded", _options={"no_namespaces": True}) as q:
@@ -604,6 +605,8 @@ def test_layers_on_this_machine(layers):
     # Not a requirement for every machine (see the module docstring), but CI runs as root on
     # Linux >= 6.7: everything should be on there. Print what is, for the record.
     print(json.dumps(layers, indent=1))
+    print(layers)  # the summary notebooks 02 and 04 show
+    assert str(layers).startswith("mdlab.sandbox: strict mode; layers: ") and "without" not in str(layers)
     assert layers["mode"] == "strict" and layers["preloaded"] and "audit_hook" in layers["layers"]
     for layer in ("pid_namespace", "network_namespace", "mount_namespace", "ipc_namespace", "session_keyring",
                   "seccomp", "separate_uid", "rlimits"):

@@ -74,6 +74,16 @@ class _WorkerDied(Exception):
     pass
 
 
+class _Description(dict):
+    """What ``describe()`` returns: the worker's report, a dict; ``str()`` is a short summary for
+    notebooks (the mode, the active layers, then one line per missing layer and what it costs)."""
+
+    def __str__(self):
+        lines = [f"mdlab.sandbox: {self.get('mode')} mode; layers: {', '.join(self.get('layers', []))}"]
+        lines += [f"  without {k}: {v}" for k, v in self.get("missing", {}).items()]
+        return "\n".join(lines)
+
+
 class _Worker:
     """Host handle on one zygote process."""
 
@@ -394,7 +404,7 @@ class Pool:
         missing one costs ("missing")."""
         (slot,) = self._take(1)
         try:
-            return dict(self._worker(slot, "numpy").ready())
+            return _Description(self._worker(slot, "numpy").ready())
         finally:
             self._give_back([slot])
 
@@ -562,7 +572,8 @@ def run_many(programs, *, timeout: float = 3.0, memory_mb: int = 512, workers: i
 
 def describe() -> dict:
     """The mode and the isolation layers in force on this machine ("layers"), and what each missing
-    layer costs ("missing"); print it at the top of a notebook that runs programs."""
+    layer costs ("missing"), as a dict; ``print(sandbox.describe())`` shows a short summary, as
+    the notebooks that run programs do."""
     return _default_pool().describe()
 
 
