@@ -304,10 +304,8 @@ def test_kernel_layers_hold_without_the_audit_hook(bare_pool, tmp_path):
         "netns": LIBC + "ans = err(libc.unshare(0x40000000))",
         "netlink": LIBC + "ans = err(libc.socket(16, 3, 0))",
         "inet": LIBC + "ans = err(libc.socket(2, 1, 0))",
-        "fork": LIBC + "ans = err(libc.fork())",
-        "os_fork": "import os\nos.fork()",
         "exec": "import os\nos.execv('/usr/bin/id', ['id'])",
-        "setresuid": LIBC + "ans = err(libc.setresuid(-1, -1, -1))",  # a no-op, refused all the same
+        "setuid": LIBC + "ans = err(libc.setuid(os.getuid()))",  # a no-op, refused all the same
         "ptrace": LIBC + "ans = err(libc.ptrace(16, 1, 0, 0))",  # PTRACE_ATTACH to PID 1 (the zygote)
         # what stays allowed: threads (concurrent.futures) and AF_UNIX pairs (asyncio)
         "unix_pair": LIBC + "fds = (ctypes.c_int * 2)()\nans = err(libc.socketpair(1, 1, 0, fds))",
@@ -321,11 +319,10 @@ def test_kernel_layers_hold_without_the_audit_hook(bare_pool, tmp_path):
         "kill_pid1": "import os, signal\nos.kill(1, signal.SIGKILL)\nans = 1",
     }
     results = dict(zip(programs, bare_pool.run_many(list(programs.values()), timeout=5)))
-    for name in ("keyring", "user_keyring", "shm", "msg", "sem", "userns", "netns", "netlink", "inet", "fork",
-                 "setresuid", "ptrace"):
+    for name in ("keyring", "user_keyring", "shm", "msg", "sem", "userns", "netns", "netlink", "inet", "setuid",
+                 "ptrace"):
         assert (results[name].status, results[name].answer) == ("ok", errno.EPERM), (name, results[name])
-    for name in ("os_fork", "exec"):
-        assert results[name].status == "error" and "Operation not permitted" in results[name].error, results[name]
+    assert results["exec"].status == "error" and "Operation not permitted" in results["exec"].error, results["exec"]
     assert (results["unix_pair"].status, results["unix_pair"].answer) == ("ok", 0.0), results["unix_pair"]
     assert (results["thread"].status, results["thread"].answer) == ("ok", 7.0), results["thread"]
     for name in ("write", "host_file", "tmp_base", "socket"):
@@ -334,6 +331,62 @@ def test_kernel_layers_hold_without_the_audit_hook(bare_pool, tmp_path):
     assert bare_pool.run("ans = 1").answer == 1.0  # the zygote (PID 1 there) survived
     assert victim.read_text() == "original"
     assert _sysv_count() == ipc_before
+
+
+FORK = """
+import os, time
+try:
+    pid = os.fork()
+except OSError as exc:
+    ans = -exc.errno
+else:
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    ans = pid
+"""
+
+
+# How many other processes of this uid exist (signal 0 reaches only those): none may be left over.
+OTHERS = """
+import os
+ans = 0
+for pid in range(2, 4000):
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+            ans += 1
+        except OSError:
+            pass
+"""
+
+
+@pytest.mark.parametrize("which", ["strict_no_hook", "no_namespaces_no_hook"])
+def test_processes_a_program_starts_do_not_outlive_it(which, bare_pool):
+    # Past the audit hook, fork is either refused (seccomp's "fork" filter: no PID namespace to
+    # clean up in) or bounded by RLIMIT_NPROC and killed with the program (PID 1 kills the rest).
+    if which == "strict_no_hook":
+        p, close = bare_pool, False
+    else:
+        p, _ = _degraded(no_namespaces=True, no_audit_hook=True)
+        close = True
+    try:
+        # one worker: both programs run in the same zygote (and PID namespace, where there is one)
+        forked, others = p.run_many([FORK, OTHERS], workers=1, timeout=5)
+        assert forked.status == "ok", forked
+        if forked.answer < 0:
+            assert forked.answer == -errno.EPERM and which == "no_namespaces_no_hook"
+        else:
+            assert which == "strict_no_hook"
+            assert (others.status, others.answer) == ("ok", 0.0), others
+        bomb = p.run("import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                     "            import time\n            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+                     "except OSError as exc:\n    ans = n", timeout=5)
+        assert bomb.status == "ok" and bomb.answer < 16, bomb  # RLIMIT_NPROC (or seccomp) stops it
+        assert p.run("ans = 1").answer == 1.0
+    finally:
+        if close:
+            p.close()
 
 
 @pytest.mark.skipif(NR is None, reason="syscall numbers known for x86_64 and aarch64 only")

@@ -65,7 +65,6 @@ class _Kernel:
             except AttributeError:
                 pass
         self.nr = _SYS.get(os.uname().machine, {})
-        self.fprog = None
 
     def _check(self, ret, what):
         if ret < 0:
@@ -146,7 +145,7 @@ class _Kernel:
         self.syscall(_SYS_LANDLOCK[2], ruleset, 0)
 
     def seccomp_prepare(self, bpf: bytes):
-        """Keep libseccomp's compiled filter (struct sock_filter[]) ready for children to load."""
+        """libseccomp's compiled filter (struct sock_filter[]) as a struct sock_fprog's address."""
         ctypes = self.ctypes
         if not bpf or len(bpf) % 8:
             raise ValueError("empty or malformed seccomp program")
@@ -154,12 +153,13 @@ class _Kernel:
         class SockFprog(ctypes.Structure):
             _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-        self.bpf = ctypes.create_string_buffer(bpf, len(bpf))
-        self.fprog = SockFprog(len(bpf) // 8, ctypes.addressof(self.bpf))
-        self.fprog_addr = ctypes.addressof(self.fprog)
+        buf = ctypes.create_string_buffer(bpf, len(bpf))
+        prog = SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+        self._keep = getattr(self, "_keep", []) + [buf, prog]
+        return ctypes.addressof(prog)
 
-    def seccomp_load(self):
-        self.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self.fprog_addr)
+    def seccomp_load(self, fprog_addr):
+        self.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog_addr)
 
 
 def _high_fd(fd):
@@ -298,7 +298,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _NONE_TYPE = type(None)
 
 
-def _make_audit_hook(workdir, res_fd):
+def _make_audit_hook(workdir, res_fd, zygote_pid=None):
     # Everything the hook uses is bound as a default argument or a closure: a program can rebind
     # module globals and builtins, but not these. The hook's own functions are protected against
     # __code__/__defaults__ changes; other functions are not (namedtuple sets __defaults__).
@@ -334,7 +334,9 @@ def _make_audit_hook(workdir, res_fd):
              _imports=_DENY_IMPORTS, _paths=_PATH_EVENTS, _wflags=_WRITE_FLAGS, _fd=res_fd, _write=os.write,
              _exit=os._exit, _getpid=os.getpid, _isinstance=isinstance, _str=str, _int=int, _bytes=bytes,
              _len=len, _enc=str.encode, _repr=repr, _plain=(int, _NONE_TYPE, tuple, list, dict), _type=type,
-             _mine=protected, _code=_FORBIDDEN_EXIT):
+             _mine=protected, _code=_FORBIDDEN_EXIT, _zygote=zygote_pid):
+        if _getpid() == _zygote:
+            return  # the zygote itself: the hook arms in its children (a pid they cannot change)
         refuse = False
         if event in _deny:
             refuse = True
@@ -383,10 +385,16 @@ _SECCOMP_CACHE: list = []  # host side: compiled once per process
 
 
 def _seccomp_program():
-    """The children's seccomp filter, compiled to BPF by libseccomp (through pyseccomp) once per host
-    process: (bpf bytes, None) or (None, why). Compiled here rather than in the zygote, which must
-    not import ctypes.util (it starts subprocess and threading: slower forks) nor run ldconfig
-    inside its namespace; the zygote's children load it with one prctl each."""
+    """The seccomp filters, compiled to BPF by libseccomp (through pyseccomp) once per host process:
+    ({"worker": bpf, "fork": bpf}, None) or (None, why). Compiled here rather than in the zygote,
+    which must not import ctypes.util (it starts subprocess and threading: slower forks) nor run
+    ldconfig inside its namespace.
+
+    "worker" is loaded by the zygote once set up, so that every child inherits it for free (loading
+    a filter costs ~0.2 ms: the kernel JIT-compiles it); it leaves the zygote what it needs to fork
+    and set up a child. "fork" is loaded by each child where nothing else stops fork (no PID
+    namespace to clean up after it, or no separate uid for RLIMIT_NPROC): no new processes (threads
+    stay), sessions or ids."""
     if _SECCOMP_CACHE:
         return _SECCOMP_CACHE[0]
     try:
@@ -397,42 +405,14 @@ def _seccomp_program():
         result = (None, f"pyseccomp/libseccomp not available ({exc!r}); pip install pyseccomp, apt-get install libseccomp2")
         _SECCOMP_CACHE.append(result)
         return result
-    try:
-        f = sc.SyscallFilter(sc.ALLOW)
-        eperm = sc.ERRNO(errno.EPERM)
 
-        def deny(name, *args, action=eperm):
+    def compile_(rules):
+        f = sc.SyscallFilter(sc.ALLOW)
+        for name, args, action in rules:
             try:
                 f.add_rule(action, name, *args)
             except (OSError, ValueError, RuntimeError):
-                pass  # a system call this architecture does not have
-
-        # New processes (threads stay allowed) and programs; namespaces and privileges.
-        deny("clone", sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0))  # without CLONE_THREAD: fork
-        for flag in (_CLONE_NEWNS, 0x02000000, 0x04000000, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID,
-                     _CLONE_NEWNET):  # NEWCGROUP, NEWUTS, ...
-            deny("clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-        deny("clone3", action=sc.ERRNO(errno.ENOSYS))  # flags live in memory; glibc falls back to clone
-        for name in ("fork", "vfork", "execve", "execveat", "unshare", "setns", "setsid", "setpgid", "setuid",
-                     "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "setfsuid",
-                     "setfsgid", "capset", "personality", "chroot", "pivot_root", "mount", "umount2",
-                     "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-                     # keyrings, SysV IPC, POSIX message queues
-                     "add_key", "request_key", "keyctl", "shmget", "shmat", "shmctl", "shmdt", "msgget",
-                     "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open",
-                     "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
-                     # other processes' memory, kernel attack surface, the machine itself
-                     "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "pidfd_getfd",
-                     "kcmp", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
-                     "io_uring_register", "kexec_load", "kexec_file_load", "init_module", "finit_module",
-                     "delete_module", "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog",
-                     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
-                     "setdomainname", "iopl", "ioperm", "name_to_handle_at", "open_by_handle_at",
-                     "fanotify_init", "lookup_dcookie", "vhangup", "mknod", "mknodat"):
-            deny(name)
-        deny("socket", sc.Arg(0, sc.NE, 1))  # AF_UNIX only: no netlink, packet, inet sockets
-        deny("socketpair", sc.Arg(0, sc.NE, 1))
-        deny("ioctl", sc.Arg(1, sc.EQ, 0x5412))  # TIOCSTI: typing into a terminal
+                pass  # a system call this architecture (or this libseccomp) does not know
         r, w = os.pipe()
         try:
             with os.fdopen(w, "wb", closefd=False) as fh:
@@ -449,9 +429,41 @@ def _seccomp_program():
             os.close(r)
             if w is not None:
                 os.close(w)
-        result = (bpf, None)
+        return bpf
+
+    try:
+        eperm = sc.ERRNO(errno.EPERM)
+        worker = [("clone", (sc.Arg(0, sc.MASKED_EQ, flag, flag),), eperm)  # new namespaces
+                  for flag in (_CLONE_NEWNS, 0x02000000, 0x04000000, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID,
+                               _CLONE_NEWNET)]  # ..., NEWCGROUP, NEWUTS, ...
+        worker.append(("clone3", (), sc.ERRNO(errno.ENOSYS)))  # flags live in memory; glibc falls back to clone
+        worker += [(name, (), eperm) for name in (
+            "vfork", "execve", "execveat", "unshare", "setns", "setuid", "setgid", "setreuid", "setregid",
+            "setgroups", "setfsuid", "setfsgid", "personality", "chroot", "pivot_root", "mount", "umount2",
+            "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+            # keyrings, SysV IPC, POSIX message queues
+            "add_key", "request_key", "keyctl", "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv",
+            "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend",
+            "mq_timedreceive", "mq_notify", "mq_getsetattr",
+            # other processes' memory, kernel attack surface, the machine itself
+            "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "pidfd_getfd", "kcmp", "bpf",
+            "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
+            "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct",
+            "quotactl", "syslog", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
+            "setdomainname", "iopl", "ioperm", "name_to_handle_at", "open_by_handle_at", "fanotify_init",
+            "lookup_dcookie", "vhangup", "mknod", "mknodat",
+            # extended attributes: they would outlive a program on its working directory
+            "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat",
+            "removexattrat")]
+        worker += [("socket", (sc.Arg(0, sc.NE, 1),), eperm),  # AF_UNIX only: no netlink, packet, inet sockets
+                   ("socketpair", (sc.Arg(0, sc.NE, 1),), eperm),
+                   ("ioctl", (sc.Arg(1, sc.EQ, 0x5412),), eperm)]  # TIOCSTI: typing into a terminal
+        fork = [("clone", (sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0),), eperm)]  # without CLONE_THREAD: a process
+        fork += [(name, (), eperm) for name in ("fork", "vfork", "setsid", "setpgid", "setresuid", "setresgid",
+                                                "capset")]
+        result = ({"worker": compile_(worker), "fork": compile_(fork)}, None)
     except Exception as exc:
-        result = (None, f"could not compile the seccomp filter ({exc!r})")
+        result = (None, f"could not compile the seccomp filters ({exc!r})")
     _SECCOMP_CACHE.append(result)
     return result
 

@@ -310,7 +310,7 @@ class Pool:
         if self.mode != "portable":
             bpf, why = _seccomp_program()
             if bpf is not None:
-                self._options["seccomp_bpf"] = bpf.hex()
+                self._options["seccomp_bpf"] = {name: prog.hex() for name, prog in bpf.items()}
             else:
                 self._options["seccomp_error"] = why
         self._idle: list[dict[str, _Worker]] = []

@@ -36,7 +36,7 @@ _PROGRAM_CAP = 4 << 20  # programs larger than this are refused before they reac
 _SCRATCH = 64 * 1024
 _FSIZE = 16 << 20  # largest file a program may write
 _NOFILE = 64
-_THREADS = 16  # RLIMIT_NPROC where seccomp stops fork (root children with their own uid)
+_THREADS = 16  # RLIMIT_NPROC of root children with their own uid, where seccomp is on (see _setup_linux)
 _WORK_TMPFS = "size=64m,nr_inodes=4096,mode=0700"
 _SETUP_EXIT = 70  # exit code of a child whose sandbox set-up failed
 _REQ_HEAD = struct.Struct(">dI")  # timeout, memory_mb; then the program's UTF-8 bytes
@@ -62,7 +62,8 @@ class _Stream:
     ``head`` bytes, then the last ``tail`` bytes (two alternating regions). No byte of it ever
     becomes a Python object in the zygote, and ``zero()`` wipes what was read."""
 
-    def __init__(self, arena, offset, head, tail, scratch):
+    def __init__(self, owner, arena, offset, head, tail, scratch):
+        self.owner = owner  # the zygote: it zeroes the shared scratch region only once it was used
         self.head = arena[offset:offset + head]
         self.tails = (arena[offset + head:offset + head + tail], arena[offset + head + tail:offset + head + 2 * tail])
         self.scratch = scratch
@@ -74,6 +75,7 @@ class _Stream:
             self.h += k
         else:
             k = os.readv(fd, [self.scratch])
+            self.owner.scratch_used = True
             if k:
                 self._keep_tail(k)
         self.n += k
@@ -117,12 +119,12 @@ class _Zygote:
         self.child_uid = None
         self.drop_caps = False
         self.ruleset = None
-        self.landlock = None  # (ABI, read roots) where Landlock is on
         self.seccomp = False
+        self.fork_filter = None  # where children load the "fork" seccomp filter themselves
+        self.reap_leftovers = False
         self.base = None  # the directory holding the working directory
         self.workdir = None  # every child's working directory: same path, made afresh for each child
         self.work_mount = False  # a fresh tmpfs per program (inside our mount namespace)
-        self.hook = None
         self.layers = []
 
     def setup(self):
@@ -157,12 +159,13 @@ class _Zygote:
         off = sizes[0]
         self.scratch = mv[off:off + _SCRATCH]
         off += _SCRATCH
-        self.out = _Stream(mv, off, _OUTPUT_CAP, _TAIL_CAP, self.scratch)
+        self.out = _Stream(self, mv, off, _OUTPUT_CAP, _TAIL_CAP, self.scratch)
         off += sizes[2]
-        self.err = _Stream(mv, off, 0, _STDERR_CAP, self.scratch)
+        self.err = _Stream(self, mv, off, 0, _STDERR_CAP, self.scratch)
         off += sizes[3]
-        self.res = _Stream(mv, off, _RESULT_CAP, 0, self.scratch)
+        self.res = _Stream(self, mv, off, _RESULT_CAP, 0, self.scratch)
         self.req_len = 0
+        self.scratch_used = False
         if self.portable:
             self._setup_portable()
         else:
@@ -187,6 +190,11 @@ class _Zygote:
         info["threads"] = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
         try:
             self.kernel = _Kernel()
+            # One more reference, where no Python code can reach it (the interpreter's atexit list):
+            # a child that lets go of z.kernel then frees nothing, and so copies no pages for it.
+            import atexit
+
+            atexit.register(id, self.kernel)
         except Exception as exc:  # no ctypes / no libc: only rlimits, uid and the audit hook remain
             info["kernel_error"] = repr(exc)
         k = self.kernel
@@ -219,8 +227,7 @@ class _Zygote:
         self.workdir = self.base + "/work"
         if self.work_mount:
             os.mkdir(self.workdir, 0o755)
-            # Read-only from now on: a program can write only in its own tmpfs, mounted over /tmp/work
-            # (mounting needs no write access to the directory below).
+            # Read-only from now on: programs write only in the tmpfs mounted over /tmp/work below.
             k.mount(None, "/tmp", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
         # A root child runs as its own uid only where it can still read Python (always inside our
         # mount namespace: the bind mounts hang off world-traversable tmpfs directories).
@@ -231,33 +238,43 @@ class _Zygote:
             self.drop_caps = k is not None
         if not root:
             self.layers.append("separate_uid")  # not root: nothing to separate from
-        info["child_uid"] = self.child_uid if self.child_uid is not None else os.geteuid()
+        info["child_uid"] = uid = self.child_uid if self.child_uid is not None else os.geteuid()
+        if self.work_mount:
+            # The working directory: a tmpfs of its own, owned by the children's uid. After each
+            # program the zygote compares its counters with these (no names read, see _clean).
+            k.mount("tmpfs", self.workdir, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_NOATIME,
+                    f"{_WORK_TMPFS},uid={uid},gid={uid}")
+            st = os.stat(self.workdir)
+            self.pristine, self.pristine_times = self._work_state(), (st.st_atime_ns, st.st_mtime_ns)
         if k is not None and not opts.get("no_landlock"):
             abi = k.landlock_abi()
             if abi >= 1:
                 read_roots = ["/"] if info["namespaces"] else sorted(set(trees.values())) + [
                     p for p in ("/usr", "/lib", "/lib64", "/dev/null", "/dev/urandom") if os.path.exists(p)]
-                # With a fresh tmpfs per program, its root must be in the rule (Landlock does not
-                # apply a rule on the mount point to what is mounted over it, measured): one ruleset
-                # per program, made in run(). Otherwise one rule on the base directory serves all.
-                self.landlock = (abi, read_roots)
-                if not self.work_mount:
-                    self.ruleset = k.landlock_ruleset(abi, self.base, read_roots)
+                # Writes beneath the working directory (its tmpfs), or beneath the base directory
+                # where the working directory is made afresh for each program.
+                self.ruleset = k.landlock_ruleset(abi, self.workdir if self.work_mount else self.base, read_roots)
                 self.layers.append("landlock")
                 info["landlock_abi"] = abi
         info.setdefault("landlock_abi", 0)
+        worker_filter = None
         if k is not None and opts.get("seccomp_bpf") and not opts.get("no_seccomp"):
             try:
-                k.seccomp_prepare(bytes.fromhex(opts["seccomp_bpf"]))
+                worker_filter = k.seccomp_prepare(bytes.fromhex(opts["seccomp_bpf"]["worker"]))
+                fork_filter = k.seccomp_prepare(bytes.fromhex(opts["seccomp_bpf"]["fork"]))
                 self.seccomp = True
                 self.layers.append("seccomp")
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KeyError) as exc:
                 info["seccomp_error"] = str(exc)
         elif opts.get("seccomp_error"):
             info["seccomp_error"] = opts["seccomp_error"]
-        # Threads are fine once seccomp stops fork; otherwise NPROC=1 is what stops fork (root is
-        # exempt from it, hence the separate uid).
-        # (A non-root user's processes all count against their NPROC: there, seccomp alone stops fork.)
+        # Who stops a program's own processes. In a PID namespace with a separate uid, RLIMIT_NPROC
+        # bounds them (16: threads are fine) and the zygote, PID 1 there, kills any that outlive the
+        # program. Elsewhere each child loads the "fork" filter (threads still allowed), and without
+        # seccomp, NPROC=1 stops fork and threads alike (root is exempt: hence the separate uid).
+        # (A non-root user's processes all count against their NPROC: no use setting it there.)
+        self.reap_leftovers = self.seccomp and info["pid_namespace"] and self.child_uid is not None
+        self.fork_filter = fork_filter if self.seccomp and not self.reap_leftovers else None
         self.nproc = 1 if not self.seccomp else _THREADS if root else None
         info["nproc_limit_enforced"] = self.child_uid is not None or not root
         self.layers += ["rlimits"] + (["no_new_privs"] if k is not None else [])
@@ -265,6 +282,12 @@ class _Zygote:
             if self.child_uid is not None:
                 os.setgroups([])
             k.prctl(_PR_SET_NO_NEW_PRIVS, 1)  # children inherit it; Landlock and seccomp need it
+            if self.ruleset is not None:  # the zygote confines itself: children inherit it for free
+                k.landlock_restrict(self.ruleset)
+                os.close(self.ruleset)
+                self.ruleset = None
+            if worker_filter is not None:  # the same: loading a filter costs each child ~0.2 ms
+                k.seccomp_load(worker_filter)
         info["audit_hook"] = not opts.get("no_audit_hook")
         info["seccomp"] = self.seccomp
 
@@ -284,7 +307,10 @@ class _Zygote:
         import io
 
         if self.info["audit_hook"]:
-            self.hook = _make_audit_hook(self.workdir, 3)
+            # Installed here, inert in the zygote (it checks the pid): children get it for free.
+            # (In portable mode the runner installs its own, after exec.)
+            if not self.portable:
+                sys.addaudithook(_make_audit_hook(self.workdir, 3, os.getpid()))
             self.layers.append("audit_hook")
         self.layers += ["scrubbed_env"] if not self.portable else []
         os.environ.clear()
@@ -407,12 +433,7 @@ class _Zygote:
         """Run the program in the arena; write the reply. Returns False when this worker must retire."""
         retire = False
         uid = self.child_uid if self.child_uid is not None else os.geteuid()
-        if self.work_mount:
-            self.kernel.mount("tmpfs", self.workdir, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                              f"{_WORK_TMPFS},uid={uid},gid={uid}")
-            if self.landlock is not None:
-                self.ruleset = self.kernel.landlock_ruleset(self.landlock[0], self.workdir, self.landlock[1])
-        else:
+        if not self.work_mount:
             os.mkdir(self.workdir, 0o700)
             if self.child_uid is not None:
                 os.chown(self.workdir, uid, uid)
@@ -425,14 +446,13 @@ class _Zygote:
             _child_main(self, timeout, memory_mb, plen, *(w for _, w in pipes))
         for _, w in pipes:
             os.close(w)
-        if self.work_mount and self.ruleset is not None:
-            os.close(self.ruleset)
-            self.ruleset = None
         try:
             meta = self._collect(pid, start, timeout, [r for r, _ in pipes])
         finally:
             for r, _ in pipes:
                 os.close(r)
+        if self.reap_leftovers:  # processes the program started (past the audit hook) die with it
+            _kill_the_rest()
         try:
             self._clean()
         except Exception:
@@ -443,7 +463,9 @@ class _Zygote:
         # Wipe what this program sent or wrote before the next child is forked from this memory.
         for stream in (self.out, self.err, self.res):
             stream.zero()
-        self.scratch[:] = bytes(len(self.scratch))
+        if self.scratch_used:
+            self.scratch[:] = bytes(len(self.scratch))
+            self.scratch_used = False
         self.req[:self.req_len] = bytes(self.req_len)
         return not retire
 
@@ -451,7 +473,17 @@ class _Zygote:
         if self.options.get("test_unremovable") and os.path.lexists(self.workdir + "/unremovable"):
             raise OSError("test knob: a leftover that cannot be removed")
         if self.work_mount:
-            self.kernel.umount2(self.workdir, _MNT_DETACH)  # the kernel drops the whole tmpfs
+            # Free blocks and inodes, mode, owner, link count, mtime and extended attributes of
+            # the tmpfs as it was before any program: equal means the program left nothing behind,
+            # and no name it chose was read here. Otherwise empty it in a throwaway child. (Its
+            # ctime cannot be restored: when the last program changed it stays visible.)
+            if self._work_state() == self.pristine:
+                return
+            _empty_in_child(self.workdir)
+            os.chmod(self.workdir, 0o700)
+            os.utime(self.workdir, ns=self.pristine_times)
+            if self._work_state() != self.pristine:
+                raise OSError("working directory not restored")
             return
         try:
             os.rmdir(self.workdir)  # the usual case: the program wrote nothing
@@ -463,6 +495,11 @@ class _Zygote:
         # A child with the zygote's uid could also have created files beside its workdir.
         if (not clean or self.child_uid is None) and not _empty_in_child(self.base):
             raise OSError("working directory not removed")
+
+    def _work_state(self):
+        fs, st = os.statvfs(self.workdir), os.stat(self.workdir)
+        return (fs.f_bfree, fs.f_ffree, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_mtime_ns,
+                os.listxattr(self.workdir))
 
     def _collect(self, pid, start, timeout, fds):
         """Read the child's pipes until it exits (or the wall clock runs out): (exited, code or
@@ -553,6 +590,19 @@ def _kill(pid):
             pass
 
 
+def _kill_the_rest():
+    """PID 1 of a namespace: kill every other process in it, and reap them."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:  # none
+        return
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def _cpu_limit(timeout):
     return int(timeout) + 2  # soft CPU limit: above the wall clock, which normally acts first
 
@@ -598,16 +648,11 @@ def _child_main(z, timeout, memory_mb, plen, out_w, err_w, res_w):
         setrlimit(resource.RLIMIT_FSIZE, (_FSIZE, _FSIZE))
         if z.nproc is not None:
             setrlimit(resource.RLIMIT_NPROC, (z.nproc, z.nproc))
-        if z.ruleset is not None:
-            k.landlock_restrict(z.ruleset)
-        os.closerange(4, 1 << 16)  # the zygote's channel to the host, the other pipes, the ruleset
-        if z.seccomp:
-            k.seccomp_load()
-        # Drop the worker's ctypes handles: nothing reachable from the program resolves libc.
+        os.closerange(4, 1 << 16)  # the zygote's channel to the host, the other pipes
+        if z.fork_filter is not None:
+            k.seccomp_load(z.fork_filter)
+        # Let go of the worker's ctypes handles: nothing the program can reach leads to libc.
         z.kernel = k = None
-        if z.hook is not None:
-            sys.addaudithook(z.hook)
-        z.hook = None
         setrlimit(resource.RLIMIT_NOFILE, (_NOFILE, _NOFILE))
         main = type(sys)("__main__")
         main.__builtins__ = __builtins__
