@@ -133,9 +133,8 @@ def main(argv=None):
     layers = pool.describe()
     print(f"cores: {cores}   first worker ready in {time.perf_counter() - t:.2f} s   load avg before: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print("limits: timeout=3.0 s, memory_mb=512, and", {k: layers.get(k) for k in (
-        "namespaces", "pid_namespace", "network_namespace", "root", "child_uid", "nproc_limit_enforced",
-        "landlock_abi", "audit_hook")})
+    print(f"limits: timeout=3.0 s, memory_mb=512; mode {layers.get('mode')}, layers: {', '.join(layers.get('layers', []))}"
+          f"; landlock ABI {layers.get('landlock_abi')}, root: {layers.get('root')}, child uid {layers.get('child_uid')}")
     for kind in args.sets.split(","):
         programs = load_programs(kind, args.n)
         t = time.perf_counter()

@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -43,9 +44,16 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(record: Any) -> str:
-    """One JSON line (no newline inside), the same encoding everywhere."""
-    return json.dumps(record, ensure_ascii=False, default=_jsonable, allow_nan=True)
+    """One JSON line (no newline inside), the same encoding everywhere. Always encodable as UTF-8:
+    a lone surrogate (say, from a program's error message) is written as a JSON escape (``\\udc80``),
+    which reads back as the same string."""
+    text = json.dumps(record, ensure_ascii=False, default=_jsonable, allow_nan=True)
+    # Outside string literals JSON has only ASCII, so every surrogate here sits inside a string.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class JsonlStore:
@@ -133,8 +141,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a temporary file and rename it, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable)
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, default=_jsonable)
+        fh.write(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -83,3 +83,17 @@ def test_run_dir_names_and_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "RUNS_ROOT", tmp_path / "runs")
     assert runs.run_dir("smoke") == tmp_path / "runs" / "smoke"
     assert runs.run_dir(tmp_path / "elsewhere").is_dir()
+
+
+def test_any_string_is_stored_lone_surrogates_included(tmp_path):
+    # Text that left a sandboxed program (an error message, a key) can hold lone surrogates;
+    # the store must neither raise nor corrupt the file, and must read back the same strings.
+    odd = ["\udc80", "a\ud800b", "\udfff\ud800", "\\\udc80", "caf\u00e9 \U0001f600", "\x00\n\"'"]
+    store = runs.JsonlStore(tmp_path / "odd.jsonl")
+    records = [{"error": s, s: i} for i, s in enumerate(odd)]
+    store.extend(records)
+    store.append({"nested": [{"deep": odd}]})
+    assert store.read() == records + [{"nested": [{"deep": odd}]}]
+    (tmp_path / "odd.jsonl").read_bytes().decode("utf-8")  # strict UTF-8 on disk
+    runs.write_json_atomic(tmp_path / "m.json", {"x": odd})
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == {"x": odd}
