@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("datasets", help="list every dataset split with its size and license")
     sub.add_parser("env", help="print versions and device")
     demo_parser = sub.add_parser("demo", help="run notebooks 01-05 headless into runs/<profile>/")
-    demo_parser.add_argument("--profile", default="cpu", help="smoke | cpu | gpu, or a YAML path")
+    demo_parser.add_argument("--profile", default="cpu", help="smoke | cpu | laptop | gpu, or a YAML path")
     demo_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<profile>")
     demo_parser.add_argument("--force", action="store_true", help="re-execute finished stages")
     docs_parser = sub.add_parser("docs", help="copy a finished run's figures and table into docs/")
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, notebook in STAGES.items():
         stage_parser = sub.add_parser(stage, help=f"run {notebook} headless")
         stage_parser.add_argument("--config", "--profile", dest="profile", default="cpu",
-                                  help="smoke | cpu | gpu, or a YAML path such as configs/gpu.yaml")
+                                  help="smoke | cpu | laptop | gpu, or a YAML path such as configs/gpu.yaml")
         stage_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<profile name>")
         stage_parser.add_argument("--force", action="store_true", help="re-execute even if finished")
     args = parser.parse_args(argv)

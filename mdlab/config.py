@@ -104,7 +104,7 @@ def profile_path(profile: str | os.PathLike) -> Path:
 
 
 def load(profile: str | os.PathLike = "smoke", **overrides: dict) -> Profile:
-    """A profile by name (smoke | cpu | gpu) or YAML path; ``overrides`` update sections."""
+    """A profile by name (smoke | cpu | laptop | gpu) or YAML path; ``overrides`` update sections."""
     path = profile_path(profile)
     if not path.exists():
         raise ConfigError(f"no profile {str(profile)!r}: {path} does not exist; use one of {PROFILES} "

@@ -47,13 +47,19 @@ def _jsonable(value: Any) -> Any:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _escape_surrogates(text: str) -> str:
+    """JSON text with each lone surrogate as its escape (``\\udc80``): encodable as UTF-8, read back the same.
+
+    Outside string literals JSON has only ASCII, so every surrogate sits inside a string.
+    """
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def dumps(record: Any) -> str:
     """One JSON line (no newline inside), the same encoding everywhere. Always encodable as UTF-8:
     a lone surrogate (say, from a program's error message) is written as a JSON escape (``\\udc80``),
     which reads back as the same string."""
-    text = json.dumps(record, ensure_ascii=False, default=_jsonable, allow_nan=True)
-    # Outside string literals JSON has only ASCII, so every surrogate here sits inside a string.
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _escape_surrogates(json.dumps(record, ensure_ascii=False, default=_jsonable, allow_nan=True))
 
 
 class JsonlStore:
@@ -141,9 +147,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a temporary file and rename it, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable)
+    text = _escape_surrogates(json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable))
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

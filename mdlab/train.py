@@ -919,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mdlab import config, runs
 
     parser = argparse.ArgumentParser(prog="python -m mdlab.train", description=main.__doc__.split("\n\n")[0])
-    parser.add_argument("--config", "--profile", required=True, help="smoke | cpu | gpu, or a YAML path")
+    parser.add_argument("--config", "--profile", required=True, help="smoke | cpu | laptop | gpu, or a YAML path")
     parser.add_argument("--run-dir", default=None, help="default: runs/<profile name>")
     parser.add_argument("--students", nargs="+", choices=STUDENTS, default=None, help="default: the profile's")
     args = parser.parse_args(argv)

@@ -122,16 +122,19 @@ state in every program of a worker.
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import signal
-import struct
-import sys
-import time
-
-from .pool import MODES, STATUSES, ExecResult, Pool, SandboxError, SandboxWarning, _default_pool, configure, describe, \
-    run, run_many
+from .pool import (
+           MODES,
+           STATUSES,
+           ExecResult,
+           Pool,
+           SandboxError,
+           SandboxWarning,
+           _default_pool,  # noqa: F401  (the tests reach the shared pool's workers through it)
+           configure,
+           describe,
+           run,
+           run_many,
+)
 
 __all__ = ["MODES", "STATUSES", "ExecResult", "Pool", "SandboxError", "SandboxWarning", "configure", "describe", "run",
            "run_many"]

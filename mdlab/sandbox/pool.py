@@ -14,9 +14,17 @@ import threading
 import time
 import warnings
 
-from .layers import _FORBIDDEN_EXIT, _LOSSES, _STRICT, _remove_tree, _seccomp_program
-from .worker import (_PROGRAM_CAP, _REPLY_HEAD, _REQ_HEAD, _SETUP_EXIT, _TAIL_CAP, _cpu_limit, _flavour,
-                     _read_frame)
+from .layers import _FORBIDDEN_EXIT, _STRICT, _remove_tree, _seccomp_program
+from .worker import (
+    _PROGRAM_CAP,
+    _REPLY_HEAD,
+    _REQ_HEAD,
+    _SETUP_EXIT,
+    _TAIL_CAP,
+    _cpu_limit,
+    _flavour,
+    _read_frame,
+)
 
 STATUSES = ("ok", "error", "timeout", "memory", "forbidden", "no_answer")
 MODES = ("strict", "degraded", "portable")
@@ -275,10 +283,6 @@ def _prepare(program):
     if size > _PROGRAM_CAP:
         return ExecResult("error", None, "", f"program too large ({size} bytes > {_PROGRAM_CAP})", 0.0)
     return program
-
-
-def _flavour(program: str) -> str:
-    return "sympy" if "sympy" in program else "numpy" if "numpy" in program else "base"
 
 
 def _default_mode() -> str:
