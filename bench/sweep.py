@@ -10,7 +10,7 @@ so a killed sweep resumes) and the table is rewritten to ``docs/sweep.md``.
     .venv/bin/python bench/sweep.py [--only NAME ...] [--list]
 
 Teachers and curation are the laptop profile's (recorded PaLM CoT, MCC-KD gpt-3.5 CoTs, Codex
-PoT; the automatic filter). ``cot_teachers`` narrows the CoT sources of one setting.
+PoT; the automatic filter). A setting's ``train.teachers`` narrows the rationales it trains on.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from mdlab import config, curate, data, evaluate, runs, teachers, train  # noqa:
 RUN = ROOT / "runs" / "sweep"
 TABLE = ROOT / "docs" / "sweep.md"
 VALIDATION = 100  # problems held out from the 800 training problems
-PALM = ["recorded:svamp-palm-cot"]
+PALM = ["recorded:svamp-palm-cot", "recorded:svamp-codex-pot"]  # train.teachers: PaLM's CoT, Codex's PoT
 BASE = dict(lora_rank=64, lora_alpha=128, lora_dropout=0.0, learning_rate=1e-3, epochs=2, batch_size=8,
             per_problem=1, cot_weight=0.5, max_length=384, dtype="bf16", save_steps=100)
 
-# name -> (student, TrainConfig overrides, CoT teachers (None = all of the profile's), decoding dtype)
+# name -> (student, TrainConfig overrides, train.teachers (None = all of the profile's), decoding dtype)
 SETTINGS: dict[str, tuple[str, dict, list | None, str]] = {
     # the recipe the issue tried first (PaLM CoT + Codex PoT, one of each per problem), in bf16
     "md-palm": ("md", {}, PALM, "bf16"),
@@ -50,10 +50,13 @@ SETTINGS: dict[str, tuple[str, dict, list | None, str]] = {
     # two CoTs per question (MCC-KD's first gpt-3.5 sample and PaLM's), one epoch: about md-palm's compute, spent
     # on more rationales instead of a second pass (the paper's "multiple rationales by sampling")
     "md-multi2-1ep": ("md", {"per_problem": 2, "epochs": 1}, None, "bf16"),
+    # the same two CoTs per question for two epochs: more rationales at md-palm's number of passes (2x its steps)
+    "md-multi2-2ep": ("md", {"per_problem": 2}, None, "bf16"),
     # lambda: more PoT than CoT (PoT is the stronger single path at this scale)
     "md-palm-lambda0.3": ("md", {"cot_weight": 0.3}, PALM, "bf16"),
 }
-# Not run for lack of time on 2 cores (each ~25-35 min): LoRA r=16 / lr 5e-4, 3 epochs, full fine-tuning.
+# Not run yet for lack of time on 2 cores (each ~25-40 min): LoRA r=16 / lr 5e-4, 3 epochs, a shorter student
+# prompt, full fine-tuning.
 
 
 def prepare():
@@ -75,9 +78,8 @@ def prepare():
 def run_setting(name: str, prof, rationales, fit_on, validation) -> dict:
     student, overrides, cot_teachers, decode_dtype = SETTINGS[name]
     folder = RUN / name.split("/")[0]
-    cfg = dataclasses.replace(prof.train, **{**BASE, **{k: v for k, v in overrides.items()}}, mode=student)
-    chosen = [r for r in rationales if r.mode == "pot" or cot_teachers is None or r.teacher in cot_teachers]
-    examples = train.build_examples(chosen, fit_on, student, config=cfg)
+    cfg = dataclasses.replace(prof.train, **{**BASE, **overrides}, teachers=cot_teachers, mode=student)
+    examples = train.build_examples(rationales, fit_on, student, config=cfg)
     start = time.perf_counter()
     train.fit(cfg, examples, folder, student=student)
     train_seconds = time.perf_counter() - start

@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+SET_HELP = ("override one profile setting, validated like the YAML (repeatable): --set train.model=tiny "
+            "--set evaluate.k=4; values are read as YAML ([md, pot], null)")
 STAGES = {  # command -> notebook
     "generate": "01_generate_rationales.ipynb",
     "curate": "02_curate_rationales.ipynb",
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--profile", default="cpu", help="smoke | cpu | laptop | gpu, or a YAML path")
     demo_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<profile>")
     demo_parser.add_argument("--force", action="store_true", help="re-execute finished stages")
+    demo_parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[], help=SET_HELP)
     docs_parser = sub.add_parser("docs", help="copy a finished run's figures and table into docs/")
     docs_parser.add_argument("--run", type=Path, default=Path("runs/cpu"))
     docs_parser.add_argument("--out", type=Path, default=ROOT / "docs", help="default: docs/")
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                   help="smoke | cpu | laptop | gpu, or a YAML path such as configs/gpu.yaml")
         stage_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<profile name>")
         stage_parser.add_argument("--force", action="store_true", help="re-execute even if finished")
+        stage_parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[], help=SET_HELP)
     args = parser.parse_args(argv)
     if args.command == "datasets":
         return _datasets(args)
@@ -233,8 +237,18 @@ def main(argv: list[str] | None = None) -> int:
 
         mdlab.env_report()
         return 0
-    if args.command == "demo":
-        demo(args.profile, args.run_dir, force=args.force)
+    if args.command in ("demo", *STAGES):
+        from mdlab import config, runs
+
+        run_dir = runs.run_dir(args.run_dir or Path(str(args.profile)).stem)
+        overrides = config.parse_overrides(args.set)
+        # the notebooks read a profile file: the overridden one is written into the run directory
+        profile = str(config.write_profile(args.profile, overrides, run_dir / "profile.yaml")) if overrides \
+            else args.profile
+        if args.command == "demo":
+            demo(profile, run_dir, force=args.force)
+        else:
+            run_stage(args.command, profile, run_dir, force=args.force)
         return 0
     if args.command == "docs":
         docs(args.run, args.out, raw=args.raw)
@@ -242,10 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "recompute":
         recompute(args.source, args.run_dir)
         return 0
-    from mdlab import runs
-
-    run_stage(args.command, args.profile, runs.run_dir(args.run_dir or Path(str(args.profile)).stem),
-              force=args.force)
     return 0
 
 

@@ -9,7 +9,7 @@ file and section named, not an hour into a run.
 Profiles: ``smoke`` (tiny random model, a handful of problems, seconds per stage; tests and
 CI), ``cpu`` (embedded SmolLM2-135M, MD on SVAMP in under 20 minutes; ``make demo``),
 ``laptop`` (the paper's comparison at the embedded student's scale, <= 2.5 h on 2 cores) and
-``gpu`` (a 7B student with QLoRA on the full split).
+``gpu`` (a 7B student with QLoRA on the full split) and ``gpu-gsm8k`` (the same on GSM8K).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PROFILES = ("smoke", "cpu", "laptop", "gpu")
+PROFILES = ("smoke", "cpu", "laptop", "gpu", "gpu-gsm8k")
 
 
 class ConfigError(ValueError):
@@ -103,8 +103,22 @@ def profile_path(profile: str | os.PathLike) -> Path:
     return Path(text)
 
 
-def load(profile: str | os.PathLike = "smoke", **overrides: dict) -> Profile:
-    """A profile by name (smoke | cpu | laptop | gpu) or YAML path; ``overrides`` update sections."""
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.model=tiny", "evaluate.k=4"]`` (the CLI's ``--set``) -> ``{"train.model": "tiny", ...}``.
+
+    Values are read as YAML, as in a profile file: ``4`` is a number, ``[md, pot]`` a list, ``null`` None.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.model=tiny")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def merged(profile: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[Path, dict]:
+    """(the profile's file, its raw sections with ``overrides`` applied): dotted keys ``section.key``."""
     path = profile_path(profile)
     if not path.exists():
         raise ConfigError(f"no profile {str(profile)!r}: {path} does not exist; use one of {PROFILES} "
@@ -112,13 +126,41 @@ def load(profile: str | os.PathLike = "smoke", **overrides: dict) -> Profile:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile is a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in _stage_classes() or not key:
+            raise ConfigError(f"override {dotted!r}: expected section.key with a section in "
+                              f"{sorted(_stage_classes())}")
+        raw[section] = {**(raw.get(section) or {}), key: value}
+    return path, raw
+
+
+def load(profile: str | os.PathLike = "smoke", overrides: dict[str, Any] | None = None, **sections: dict) -> Profile:
+    """A profile by name (smoke | cpu | laptop | gpu) or YAML path.
+
+    ``overrides``: ``{"train.model": "tiny", ...}``, validated like the file (an unknown key is an
+    error naming it); ``sections``: whole-section updates, ``data={"test_limit": 2}``.
+    """
+    path, raw = merged(profile, overrides)
     classes = _stage_classes()
     unknown = sorted(set(raw) - set(classes) - {"name"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {sorted(classes)}")
-    sections = {}
+    built = {}
     for section, cls in classes.items():
         values = dict(raw.get(section) or {})
-        values.update(overrides.get(section, {}))
-        sections[section] = _build(cls, section, values, path)
-    return Profile(name=raw.get("name", path.stem), path=path, **sections)
+        values.update(sections.get(section, {}))
+        where = path if not overrides else f"{path} with overrides {sorted(overrides)}"
+        built[section] = _build(cls, section, values, where)
+    return Profile(name=raw.get("name", path.stem), path=path, **built)
+
+
+def write_profile(profile: str | os.PathLike, overrides: dict[str, Any], target: str | os.PathLike) -> Path:
+    """The profile with ``overrides`` applied, checked, written as YAML to ``target`` (for notebooks to read)."""
+    path, raw = merged(profile, overrides)
+    load(profile, overrides)  # validate before anything runs
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"# {path} with --set {', '.join(f'{k}={v!r}' for k, v in overrides.items())}\n"
+                      + yaml.safe_dump(raw, sort_keys=False))
+    return target

@@ -91,6 +91,8 @@ class TrainConfig:
     # --- examples
     cot_weight: float = 0.5  # lambda: share of CoT among MD examples, reached by repeating the scarcer mode
     per_problem: int | None = None  # at most this many rationales per problem and mode (None = all)
+    # train only on rationales of these teachers (specs as in teacher.cot / teacher.pot; None = every curated one)
+    teachers: list[str] | None = None
     max_problems: int | None = None  # train on rationales of at most N problems (seeded choice; None = all)
     max_length: int = 512  # longest prompt+completion in tokens; longer examples are dropped and reported
     # --- model and LoRA
@@ -127,6 +129,8 @@ class TrainConfig:
         bad = [s for s in self.students if s not in STUDENTS]
         if bad or not self.students:
             raise ValueError(f"train.students must be a non-empty list drawn from {STUDENTS}, got {self.students!r}")
+        if self.teachers is not None and (isinstance(self.teachers, str) or not self.teachers):
+            raise ValueError(f"train.teachers must be a non-empty list of teacher specs or null, got {self.teachers!r}")
         if not 0.0 < self.cot_weight < 1.0:
             raise ValueError(f"train.cot_weight (lambda) must be strictly between 0 and 1, got {self.cot_weight}")
         for name in ("per_problem", "max_problems", "max_steps", "threads"):
@@ -211,7 +215,7 @@ def build_examples(rationales, problems, mode: str = "md", *, config: TrainConfi
     groups: dict[tuple[str, str], list] = {}
     for r in rationales:
         r = r if isinstance(r, teachers.Rationale) else teachers.Rationale.from_dict(r)
-        if r.mode not in wanted:
+        if r.mode not in wanted or (config.teachers is not None and r.teacher not in config.teachers):
             continue
         if r.problem_id not in by_id:
             dropped["unknown_problem"].append(r.id)
@@ -922,8 +926,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", "--profile", required=True, help="smoke | cpu | laptop | gpu, or a YAML path")
     parser.add_argument("--run-dir", default=None, help="default: runs/<profile name>")
     parser.add_argument("--students", nargs="+", choices=STUDENTS, default=None, help="default: the profile's")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
+                        help="override one profile setting (repeatable), e.g. --set train.epochs=1")
     args = parser.parse_args(argv)
-    prof = config.load(args.config)
+    prof = config.load(args.config, config.parse_overrides(args.set))
     run = runs.run_dir(args.run_dir or prof.name)
     rationales, problems = curated_inputs(run, prof)
     adapters = train_students(prof.train, rationales, problems, run, students=args.students)

@@ -11,7 +11,7 @@ from mdlab import config
 def test_profiles_load(name):
     profile = config.load(name)
     assert profile.name == name
-    assert profile.data.dataset == "svamp"
+    assert profile.data.dataset == ("gsm8k" if "gsm8k" in name else "svamp")
     assert profile.to_dict()["data"]["train_split"] == profile.data.train_split
 
 
@@ -48,3 +48,22 @@ def test_missing_profile():
 
 def test_overrides():
     assert config.load("smoke", data={"test_limit": 2}).data.test_limit == 2
+    profile = config.load("cpu", {"train.model": "tiny", "evaluate.k": 2, "train.students": ["md", "pot"]})
+    assert (profile.train.model, profile.evaluate.k, profile.train.students) == ("tiny", 2, ["md", "pot"])
+    assert config.load("cpu").train.model == "embedded"  # the file itself is untouched
+    with pytest.raises(config.ConfigError, match=r"unknown key\(s\) \['modle'\] in section 'train'"):
+        config.load("cpu", {"train.modle": "tiny"})
+    with pytest.raises(config.ConfigError, match="section.key"):
+        config.load("cpu", {"trian.model": "tiny"})
+    with pytest.raises(config.ConfigError, match="must be"):
+        config.load("cpu", {"evaluate.k": -1})
+
+
+def test_cli_set_values_are_yaml(tmp_path):
+    parsed = config.parse_overrides(["train.students=[md, pot]", "data.test_limit=null", "evaluate.k=4"])
+    assert parsed == {"train.students": ["md", "pot"], "data.test_limit": None, "evaluate.k": 4}
+    with pytest.raises(config.ConfigError, match="section.key=value"):
+        config.parse_overrides(["k=4"])
+    written = config.write_profile("cpu", parsed, tmp_path / "profile.yaml")
+    again = config.load(written)
+    assert again.name == "cpu" and again.train.students == ["md", "pot"] and again.data.test_limit is None

@@ -87,28 +87,22 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(tmp_path):
     assert again["stages"] == times["stages"], "a reused stage lost the time of the run that produced it"
 
 
-def _tiny_profile(name: str, folder: Path) -> Path:
-    """A committed profile with the student swapped for `tiny`, a few problems and small k: every other setting
-    (teachers, live: [], students, base, baseline_k, transfer sets) stays as committed."""
-    import yaml
-
+def _tiny_overrides(name: str) -> list[str]:
+    """``--set`` arguments that swap a committed profile's student for `tiny`, with a few problems and small k;
+    every other setting (teachers, live: [], students, base, baseline_k, transfer sets) stays as committed."""
     from mdlab import config
 
-    raw = yaml.safe_load(config.profile_path(name).read_text())
-    raw["data"].update(train_limit=6, test_limit=3)
-    teacher = raw.setdefault("teacher", {})
-    if teacher.get("live"):
-        teacher.update(live=["hf:tiny"], live_problems=1, max_tokens=16, shots=2)
-    raw["train"].update(model="tiny", max_steps=2, save_steps=2, max_problems=None, batch_size=2)
-    evaluation = raw["evaluate"]
-    evaluation.update(k=2, max_new_tokens=16, bootstrap=50)
-    if evaluation.get("baseline_k"):
-        evaluation["baseline_k"] = 2
-    if evaluation.get("transfer"):
-        evaluation["transfer_limit"] = 2
-    path = folder / f"{name}-tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    committed = config.load(name)
+    out = ["data.train_limit=6", "data.test_limit=3", "train.model=tiny", "train.max_steps=2", "train.save_steps=2",
+           "train.max_problems=null", "train.batch_size=2", "evaluate.k=2", "evaluate.max_new_tokens=16",
+           "evaluate.bootstrap=50"]
+    if committed.teacher.live:
+        out += ["teacher.live=[hf:tiny]", "teacher.live_problems=1", "teacher.max_tokens=16", "teacher.shots=2"]
+    if committed.evaluate.baseline_k:
+        out.append("evaluate.baseline_k=2")
+    if committed.evaluate.transfer:
+        out.append("evaluate.transfer_limit=2")
+    return [arg for item in out for arg in ("--set", item)]
 
 
 @pytest.mark.slow
@@ -117,12 +111,11 @@ def test_every_committed_profile_runs_end_to_end(name, tmp_path):
     """All five stages of each profile in configs/ (smoke has its own test), the student swapped for `tiny`."""
     from mdlab import config
 
-    profile = _tiny_profile(name, tmp_path)
     committed = config.load(name)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "mdlab", "demo", "--profile", str(profile), "--run-dir",
-                           str(run_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    done = subprocess.run([sys.executable, "-m", "mdlab", "demo", "--profile", name, "--run-dir", str(run_dir),
+                           *_tiny_overrides(name)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
                           check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -131,6 +124,7 @@ def test_every_committed_profile_runs_end_to_end(name, tmp_path):
     assert ("base" in students) == committed.evaluate.base
     datasets = {row.get("dataset") for row in results["rows"]} - {None}
     assert datasets == {spec.split(":")[0] for spec in committed.evaluate.transfer}
+    assert config.load(run_dir / "profile.yaml").train.model == "tiny"  # what the notebooks read
     if name != "laptop":
         return
     # the raw material under docs/<run> rebuilds the same report without the adapters

@@ -107,6 +107,12 @@ def test_per_problem_and_max_problems_limit_the_examples(inputs):
     assert len(one) == 16 and all(ex["rationale_id"].endswith("-cot") for ex in one)
     few = train.build_examples(rationales, problems, "md", config=tiny_config(max_problems=5))
     assert len({ex["problem_id"] for ex in few}) == 5 and len(few) == 10
+    other = [teachers.Rationale(id=f"{r.id}-o", problem_id=r.problem_id, mode=r.mode, text=r.text + " Other.",
+                                teacher="other", sample=0, answer=r.answer, status="ok") for r in rationales]
+    only = train.build_examples(rationales + other, problems, "md", config=tiny_config(teachers=["other"]))
+    assert len(only) == 32 and {ex["teacher"] for ex in only} == {"other"}
+    with pytest.raises(ValueError, match="train.teachers"):
+        tiny_config(teachers="other")
 
 
 def test_too_long_and_unknown_rationales_are_reported_not_trained(inputs):
