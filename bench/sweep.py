@@ -113,12 +113,17 @@ def write_table(rows: list[dict]) -> None:
              f"Written by `bench/sweep.py`. Every setting trains SmolLM2-135M + LoRA on the other "
              f"{800 - VALIDATION} training problems (curated rationales of the `laptop` profile) and is scored "
              "by greedy decoding on the 100 held-out training problems (seeded choice); the test split is never "
-             "read. Accuracy in %, 95% bootstrap interval over the 100 problems. Training times on 2 CPU cores.",
+             "read. Accuracy in %, 95% bootstrap interval over the 100 problems.", "",
+             "`train min` is wall time on the 2-core VM and includes whatever else ran: other engineers' tests "
+             "beside `md-palm` and `md-multi2-1ep`, an 8-minute pause (the sweep stopped while CI ran) inside "
+             "`pot-1ep`; for speed compare `bench/RESULTS.md` (bf16 training 1.70x fp32, measured alone). `/` "
+             "names a decoding variant of the setting before it (same adapter).",
              "", "| setting | student | CoT teachers | rationales/problem | lambda | r | lr | epochs | dtype "
              "(train/decode) | examples | steps | final loss | train min | greedy CoT | greedy PoT | "
              "greedy PoT else CoT |", "|" + " --- |" * 3 + " ---: |" * 13]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['student']} | {r['cot_teachers']} | {r['per_problem']} | "
+        teachers = r["cot_teachers"] if r["student"] != "pot" else "(PoT: Codex)"
+        lines.append(f"| {r['name']} | {r['student']} | {teachers} | {r['per_problem']} | "
                      f"{r['cot_weight']} | {r['lora_rank']} | {r['learning_rate']:g} | {r['epochs']:g} | "
                      f"{r['dtype']}/{r['decode_dtype']} | {r['examples']} | {r['steps']} | {r['final_loss']:.3f} | "
                      f"{r['train_seconds'] / 60:.1f} | {acc(r, 'cot')} | {acc(r, 'pot')} | {acc(r, 'pot_then_cot')} |")
@@ -129,9 +134,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=None)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true", help="only rewrite docs/sweep.md from runs/sweep/sweep.jsonl")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(SETTINGS))
+        return 0
+    if args.table:
+        write_table(runs.JsonlStore(RUN / "sweep.jsonl").read())
         return 0
     prof, rationales, fit_on, validation = prepare()
     store = runs.JsonlStore(RUN / "sweep.jsonl")
