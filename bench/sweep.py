@@ -115,9 +115,9 @@ def write_table(rows: list[dict]) -> None:
              "by greedy decoding on the 100 held-out training problems (seeded choice); the test split is never "
              "read. Accuracy in %, 95% bootstrap interval over the 100 problems.", "",
              "`train min` is wall time on the 2-core VM and includes whatever else ran: other engineers' tests "
-             "beside `md-palm` and `md-multi2-1ep`, an 8-minute pause (the sweep stopped while CI ran) inside "
-             "`pot-1ep`; for speed compare `bench/RESULTS.md` (bf16 training 1.70x fp32, measured alone). `/` "
-             "names a decoding variant of the setting before it (same adapter).",
+             "beside `md-palm`, pauses (the sweep stopped while CI ran) of 8 minutes inside `pot-1ep` and 11 "
+             "inside `md-multi2-2ep`; for speed compare `bench/RESULTS.md` (bf16 training 1.70x fp32, measured "
+             "alone). `/` names a decoding variant of the setting before it (same adapter).",
              "", "| setting | student | CoT teachers | rationales/problem | lambda | r | lr | epochs | dtype "
              "(train/decode) | examples | steps | final loss | train min | greedy CoT | greedy PoT | "
              "greedy PoT else CoT |", "|" + " --- |" * 3 + " ---: |" * 13]
