@@ -7,7 +7,7 @@ every setting trains on the 700 and is scored by greedy decoding on the 100. The
 never read. Each finished setting is appended to ``runs/sweep/sweep.jsonl`` (a rerun skips it,
 so a killed sweep resumes) and the table is rewritten to ``docs/sweep.md``.
 
-    .venv/bin/python bench/sweep.py [--only NAME ...] [--list]
+    .venv/bin/python bench/sweep.py [--only NAME ...] [--list] [--table]
 
 Teachers and curation are the laptop profile's (recorded PaLM CoT, MCC-KD gpt-3.5 CoTs, Codex
 PoT; the automatic filter). A setting's ``train.teachers`` narrows the rationales it trains on.
@@ -114,8 +114,8 @@ def write_table(rows: list[dict]) -> None:
              f"{800 - VALIDATION} training problems (curated rationales of the `laptop` profile) and is scored "
              "by greedy decoding on the 100 held-out training problems (seeded choice); the test split is never "
              "read. Accuracy in %, 95% bootstrap interval over the 100 problems.", "",
-             "`train min` is wall time on the 2-core VM and includes whatever else ran: other engineers' tests "
-             "beside `md-palm`, pauses (the sweep stopped while CI ran) of 8 minutes inside `pot-1ep` and 11 "
+             "`train min` is wall time on the 2-core VM and includes whatever else ran: test runs beside "
+             "`md-palm`, pauses (the sweep stopped while CI ran) of 8 minutes inside `pot-1ep` and 11 "
              "inside `md-multi2-2ep`; for speed compare `bench/RESULTS.md` (bf16 training 1.70x fp32, measured "
              "alone). `/` names a decoding variant of the setting before it (same adapter).",
              "", "| setting | student | CoT teachers | rationales/problem | lambda | r | lr | epochs | dtype "

@@ -8,7 +8,7 @@ file and section named, not an hour into a run.
 
 Profiles: ``smoke`` (tiny random model, a handful of problems, seconds per stage; tests and
 CI), ``cpu`` (embedded SmolLM2-135M, MD on SVAMP in under 20 minutes; ``make demo``),
-``laptop`` (the paper's comparison at the embedded student's scale, <= 2.5 h on 2 cores) and
+``laptop`` (the paper's comparison at the embedded student's scale, <= 2.5 h on 2 cores),
 ``gpu`` (a 7B student with QLoRA on the full split) and ``gpu-gsm8k`` (the same on GSM8K).
 """
 
