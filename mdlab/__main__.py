@@ -44,14 +44,24 @@ def _datasets(_args) -> int:
     return 0
 
 
+# What each stage hands the next one: when these change (a person re-curated in JupyterLab, a stage was
+# rerun), every stage below them runs again.
+OUTPUTS = {"generate": ["rationales.jsonl"], "curate": ["curated.jsonl"],
+           "train": ["students/*/adapter/*.safetensors"], "evaluate": ["students/*/samples.jsonl"]}
+
+
 def _fingerprint(stage: str, profile_path: Path, run_dir: Path) -> str:
-    """Notebook + profile + the previous stage's fingerprint: a rerun upstream invalidates downstream."""
+    """Notebook + profile + the previous stage's marker and outputs: a rerun upstream invalidates downstream."""
     names = list(STAGES)
     digest = hashlib.sha256((NOTEBOOKS / STAGES[stage]).read_bytes())
     digest.update(profile_path.read_bytes())
     if names.index(stage) > 0:
-        previous = run_dir / ".stages" / f"{names[names.index(stage) - 1]}.done"
+        upstream = names[names.index(stage) - 1]
+        previous = run_dir / ".stages" / f"{upstream}.done"
         digest.update(previous.read_bytes() if previous.exists() else b"not run")
+        for path in sorted(p for pattern in OUTPUTS[upstream] for p in run_dir.glob(pattern)):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(run_dir)} {stat.st_size} {stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -78,7 +88,7 @@ def run_stage(stage: str, profile: str, run_dir: Path, *, force: bool = False, l
     config.load(profile)  # fail here, before a kernel starts, on a bad profile
     marker = run_dir / ".stages" / f"{stage}.done"
     fingerprint = _fingerprint(stage, profile_path, run_dir)
-    if not force and marker.exists() and marker.read_text().strip() == fingerprint:
+    if not force and marker.exists() and marker.read_text().split()[:1] == [fingerprint]:
         log(f"[{stage}] finished before with this notebook and profile: reused ({notebook.name})")
         return None
     out_dir = run_dir / "notebooks"
@@ -94,7 +104,7 @@ def run_stage(stage: str, profile: str, run_dir: Path, *, force: bool = False, l
         log_output=False)
     seconds = time.perf_counter() - start
     marker.parent.mkdir(exist_ok=True)
-    marker.write_text(fingerprint)
+    marker.write_text(f"{fingerprint} {time.time_ns()}")  # the time: a forced rerun invalidates the stages below
     log(f"[{stage}] done in {seconds:.0f} s")
     return seconds
 

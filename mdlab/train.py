@@ -472,7 +472,7 @@ def _shape(model) -> tuple[int, int, int, int, int, int, bool]:
 
 def estimate_memory(model, seq_len: int, batch: int = 1, lora_rank: int = 16, quant: str = "nf4", *,
                     gradient_checkpointing: bool = True, optim: str | None = None,
-                    lora_dropout: float = 0.05) -> MemoryEstimate:
+                    lora_dropout: float = 0.05, dtype: str = "auto") -> MemoryEstimate:
     """Predict the GPU memory of a LoRA / QLoRA run of a Llama-style model, loading no weights.
 
     ``model``: a name or path (reads config.json only), a transformers config, or a known size
@@ -481,8 +481,13 @@ def estimate_memory(model, seq_len: int, batch: int = 1, lora_rank: int = 16, qu
     linear layer of the decoder. Activations are counted per token and layer for bf16 with
     SDPA/flash attention (no seq^2 term): about 32*hidden + 8*intermediate bytes, plus the
     LoRA-dropout copies; with checkpointing, one hidden state per layer plus one layer
-    recomputed.
+    recomputed. ``dtype`` (``TrainConfig.dtype``): ``"auto"``, ``"bf16"`` and ``"fp16"`` all take
+    2 bytes per value, so a T4 (fp16) gets the same estimate as an A100 (bf16); ``"fp32"`` doubles
+    the 16-bit weights, activations and workspace.
     """
+    if dtype not in ("auto", "bf16", "fp16", "fp32"):
+        raise TrainError(f"estimate_memory: dtype {dtype!r} is not one of auto, bf16, fp16, fp32")
+    scale = 2 if dtype == "fp32" else 1  # the counts below are for 2-byte values
     hidden, layers, heads, kv_heads, inter, vocab, tied = _shape(model)
     kv = hidden * kv_heads // heads
     linear_shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),
@@ -493,19 +498,20 @@ def estimate_memory(model, seq_len: int, batch: int = 1, lora_rank: int = 16, qu
     params = linear + embed + norms
     four_bit = quant in ("nf4", "auto")
     # NF4: 0.5 byte/param + an 8-bit absmax per 64 weights + an fp32 constant per 256 blocks (double quant)
-    weights = int(linear * (0.5 + 1 / 64 + 4 / (64 * 256))) + (embed + norms) * 2 if four_bit else params * 2
+    weights = (int(linear * (0.5 + 1 / 64 + 4 / (64 * 256))) + (embed + norms) * 2 * scale if four_bit
+               else params * 2 * scale)
     lora_params = layers * lora_rank * sum(i + o for i, o in linear_shapes)
     lora = lora_params * 4 * 2  # fp32 weights + fp32 grads
     optim = optim or ("paged_adamw_8bit" if four_bit else "adamw_torch")
     optimizer = lora_params * (2 if "8bit" in optim else 8)
     tokens = seq_len * batch
     dropout_copies = (9 * hidden + 3 * inter) if lora_dropout > 0 else 0
-    per_layer = tokens * (32 * hidden + 8 * inter + dropout_copies)
+    per_layer = tokens * (32 * hidden + 8 * inter + dropout_copies) * scale
     no_ckpt = layers * per_layer
-    ckpt = layers * tokens * hidden * 2 + per_layer
+    ckpt = layers * tokens * hidden * 2 * scale + per_layer
     largest_linear = max(i * o for i, o in linear_shapes)
     # fp32 log-probs of one logits chunk pass + the dequantized weight of the largest layer (and its grad input)
-    workspace = tokens * vocab * 4 * 2 + (largest_linear * 2 * 2 if four_bit else 0) + tokens * inter * 4
+    workspace = tokens * vocab * 4 * 2 + (largest_linear * 2 * 2 * scale if four_bit else 0) + tokens * inter * 4
     return MemoryEstimate(params=params, lora_params=lora_params, weights=weights, lora=lora, optimizer=optimizer,
                           activations=ckpt if gradient_checkpointing else no_ckpt,
                           activations_no_checkpointing=no_ckpt, workspace=workspace,
@@ -517,7 +523,7 @@ def oom_message(config: TrainConfig, seq_len: int | None = None) -> str:
     seq_len = seq_len or config.max_length
     try:
         est = estimate_memory(config.model, seq_len, config.batch_size if config.batching != "packed" else 1,
-                              config.lora_rank, config.quant, gradient_checkpointing=True)
+                              config.lora_rank, config.quant, gradient_checkpointing=True, dtype=config.dtype)
         estimate = f"train.estimate_memory predicts (with gradient checkpointing):\n{est}\n"
     except (TrainError, OSError, ValueError, AttributeError) as exc:  # the advice still helps without numbers
         estimate = f"(train.estimate_memory could not read the model: {exc})\n"

@@ -409,6 +409,12 @@ def test_estimate_memory_predicts_qlora_7b_under_12_gb():
     bigger = train.estimate_memory("7b", seq_len=2048, batch=4, lora_rank=16, quant="nf4")
     assert bigger.activations > 7 * est.activations
     assert "total on GPU" in str(est)
+    # GPUs without bf16 (T4, V100) train in fp16: the same 2 bytes per value; fp32 doubles what is not 4-bit
+    assert train.estimate_memory("7b", 1024, dtype="fp16").total == est.total
+    wide = train.estimate_memory("7b", 1024, dtype="fp32")
+    assert wide.activations == 2 * est.activations and est.weights < wide.weights < 1.5 * est.weights
+    with pytest.raises(train.TrainError, match="dtype 'fp8'"):
+        train.estimate_memory("7b", 1024, dtype="fp8")
 
 
 def test_estimate_memory_reads_only_the_config():
