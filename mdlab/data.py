@@ -6,7 +6,8 @@ MAWPS subsets. Files resolve in this order (design.md, "Offline first"):
 1. ``$MDLAB_DATA_DIR/<relative path>`` (CI points it at ``../shared/data``);
 2. the user cache ``$MDLAB_CACHE/data/<relative path>`` (default ``~/.cache/mdlab``);
 3. a download from the pinned upstream URL (repository + commit, see ``data_sources.json``),
-   kept only if its sha256 matches.
+   kept only if its sha256 matches; ``$MDLAB_DATA_URL`` replaces ``https://raw.githubusercontent.com``
+   with a mirror serving ``<base>/<repo>/<commit>/<path>``.
 
 Every file is checked against its pinned sha256 before it is parsed, and every file read is
 remembered for the run manifest. What this simplifies: the two derived files (ASDiv's XML
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import math
 import os
 import re
+import tempfile
+import urllib.error
 import urllib.request
 import warnings
 from functools import lru_cache
@@ -34,6 +38,7 @@ from typing import Callable
 
 SOURCES: dict[str, dict] = json.loads((Path(__file__).with_name("data_sources.json")).read_text())
 _FILES_READ: dict[str, str] = {}
+_TIMEOUT = 60  # seconds without a byte before a download is given up
 
 
 class DataError(RuntimeError):
@@ -57,7 +62,8 @@ def cache_dir() -> Path:
 
 def source_url(relpath: str) -> str:
     src = SOURCES[relpath]
-    return f"https://raw.githubusercontent.com/{src['source_repo']}/{src['source_commit']}/{src['source_path']}"
+    base = os.environ.get("MDLAB_DATA_URL", "https://raw.githubusercontent.com").rstrip("/")
+    return f"{base}/{src['source_repo']}/{src['source_commit']}/{src['source_path']}"
 
 
 @lru_cache(maxsize=None)
@@ -102,21 +108,49 @@ def resolve(relpath: str) -> Path:
     if os.environ.get("MDLAB_OFFLINE", os.environ.get("HF_HUB_OFFLINE")) in ("1", "true", "yes"):
         raise DataError(f"{relpath} not found in $MDLAB_DATA_DIR ({env or 'unset'}) or the cache {cached}, and "
                         f"downloads are off (MDLAB_OFFLINE). Set MDLAB_DATA_DIR, or download {url} to {cached}.")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + ".part")
+    _download(relpath, url, cached)
+    return _check(cached, relpath)
+
+
+def _download(relpath: str, url: str, cached: Path) -> None:
+    """Stream ``url`` to a uniquely named file beside ``cached`` and move it there only once its length and
+    sha256 are right: an interrupted, wrong or concurrent download never leaves a file at the cache path."""
+    tmp, problem = None, None
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as fh:
-            fh.write(response.read())
-    except OSError as exc:
-        raise DataError(f"{relpath} not found in $MDLAB_DATA_DIR ({env or 'unset'}) or the cache {cached}, and the "
-                        f"download from {url} failed ({exc}). Set MDLAB_DATA_DIR to a directory with the data "
-                        "files, or download that URL to the cache path.") from None
-    os.replace(tmp, cached)
-    try:
-        return _check(cached, relpath)
-    except DataError:
-        cached.unlink()
-        raise
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, prefix=f".{cached.name}.", suffix=".part",
+                                         delete=False) as fh:
+            tmp, digest, size = fh.name, hashlib.sha256(), 0
+            with urllib.request.urlopen(url, timeout=_TIMEOUT) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    fh.write(block)
+                    digest.update(block)
+                    size += len(block)
+                # read(n) returns b"" when the server hangs up early, so the length is the only sign of a cut
+                expected = response.headers.get("Content-Length")
+        got, want = digest.hexdigest(), SOURCES[relpath]["sha256"]
+        if expected is not None and size != int(expected):
+            problem = f"the transfer stopped after {size} of {expected} bytes"
+        elif got != want:
+            problem = f"the server sent another version (sha256 {got[:16]}…, not the pinned {want[:16]}…)"
+        else:
+            os.replace(tmp, cached)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        problem = f"the server answered HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        problem = f"could not connect ({exc.reason})"
+    except TimeoutError:
+        problem = f"no data for {_TIMEOUT} s (timed out)"
+    except (OSError, http.client.HTTPException) as exc:  # IncompleteRead and BadStatusLine are not OSErrors
+        problem = f"{type(exc).__name__}: {exc}"
+    finally:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+    if problem:
+        raise DataError(f"{relpath}: the download from {url} failed: {problem}. Nothing was saved to "
+                        f"{cached.parent}. Retry, set MDLAB_DATA_URL to a mirror, or set MDLAB_DATA_DIR to a "
+                        f"directory with the data files (or download that URL to {cached}).")
 
 
 def files_read() -> dict[str, str]:

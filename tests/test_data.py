@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import math
 import shutil
+import socket
+import threading
+import types
 import warnings
 
 import pytest
@@ -106,6 +111,7 @@ def test_missing_file_offline_names_variable_and_url(tmp_path, monkeypatch):
     monkeypatch.setenv("MDLAB_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("MDLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MDLAB_OFFLINE", "1")
+    monkeypatch.delenv("MDLAB_DATA_URL", raising=False)
     with pytest.raises(data.DataError) as info:
         data.load("mawps-singleop")
     message = str(info.value)
@@ -153,3 +159,132 @@ def test_test_ids_cover_test_splits():
     ids = data.test_ids()
     assert {p.id for p in data.load("svamp", "test")} <= ids["svamp"]
     assert len(ids["gsm8k"]) == 1319
+
+
+# ------------------------------------------------------------------ downloads from a loopback mirror
+
+DOWNLOAD = "mawps/pal/mawpsaddsub.jsonl"  # small, not derived, and the only file mawps-addsub needs
+
+
+@pytest.fixture
+def mirror(data_dir, tmp_path, monkeypatch):
+    """A loopback HTTP server in place of raw.githubusercontent.com, serving the data dir's files at
+    /<repo>/<commit>/<path>; ``mirror.mode`` spoils the answers, ``mirror.requests`` counts them.
+    Downloads go to an empty cache under tmp_path, with nothing in MDLAB_DATA_DIR."""
+    files = {f"/{s['source_repo']}/{s['source_commit']}/{s['source_path']}": data_dir / rel
+             for rel, s in data.SOURCES.items()}
+    state = types.SimpleNamespace(mode="ok", requests=[], url="")
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = 5  # a client that never reads cannot hold a server thread for long
+
+        def do_GET(self):
+            state.requests.append(self.path)
+            if self.path not in files or state.mode == "404":
+                self.send_error(404)
+                return
+            body = files[self.path].read_bytes()
+            if state.mode == "wrong":
+                body = b"[" + body[1:]  # same length, another sha256
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if state.mode in ("cut", "stall"):  # half the promised bytes, then hang up (or go quiet)
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                if state.mode == "stall":
+                    release.wait(5)
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MDLAB_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("MDLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MDLAB_DATA_URL", state.url)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # an http_proxy in the environment must not take the request
+    monkeypatch.delenv("MDLAB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "_TIMEOUT", 5)
+    yield state
+    release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_download_is_checked_and_cached(mirror, tmp_path):
+    path = data.resolve(DOWNLOAD)
+    assert path == tmp_path / "cache" / "data" / DOWNLOAD
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == data.SOURCES[DOWNLOAD]["sha256"]
+    assert _files(tmp_path / "cache") == [f"data/{DOWNLOAD}"]  # no temporary file left beside it
+    assert data.resolve(DOWNLOAD) == path and len(mirror.requests) == 1  # the second resolve is the cache
+
+
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode,phrase", [
+    ("404", "HTTP 404"),
+    ("wrong", "another version (sha256"),
+    ("cut", "stopped after 35455 of 70911 bytes"),
+    ("stall", "timed out"),
+    ("down", "could not connect"),
+])
+def test_failed_download_is_one_clear_error_and_leaves_no_file(mirror, tmp_path, monkeypatch, mode, phrase):
+    mirror.mode = mode
+    url = f"http://127.0.0.1:{_dead_port()}" if mode == "down" else mirror.url
+    monkeypatch.setenv("MDLAB_DATA_URL", url)
+    if mode == "stall":
+        monkeypatch.setattr(data, "_TIMEOUT", 0.2)
+    with pytest.raises(data.DataError) as info:
+        data.resolve(DOWNLOAD)
+    message = str(info.value)
+    assert message.startswith(f"{DOWNLOAD}: the download from {url}/reasoning-machines/pal/")
+    assert phrase in message and "MDLAB_DATA_DIR" in message
+    assert _files(tmp_path / "cache") == []  # neither the file nor a partial one
+    # the next attempt, against a working server, succeeds
+    mirror.mode = "ok"
+    monkeypatch.setenv("MDLAB_DATA_URL", mirror.url)
+    path = data.resolve(DOWNLOAD)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == data.SOURCES[DOWNLOAD]["sha256"]
+
+
+def test_leftover_part_file_from_a_crashed_run_does_not_matter(mirror, tmp_path):
+    leftover = tmp_path / "cache" / "data" / (DOWNLOAD + ".part")
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a file")
+    path = data.resolve(DOWNLOAD)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == data.SOURCES[DOWNLOAD]["sha256"]
+
+
+def test_load_through_the_download(mirror, data_dir, monkeypatch):
+    problems = data.load("mawps-addsub")
+    assert data.files_read()[DOWNLOAD] == data.SOURCES[DOWNLOAD]["sha256"]
+    commit = data.SOURCES[DOWNLOAD]["source_commit"]
+    assert mirror.requests == [f"/reasoning-machines/pal/{commit}/datasets/mawpsaddsub.jsonl"]  # one download
+    monkeypatch.setenv("MDLAB_DATA_DIR", str(data_dir))
+    assert problems == data.load("mawps-addsub") and len(problems) == 395
+
+
+def test_data_url_replaces_github(monkeypatch):
+    monkeypatch.delenv("MDLAB_DATA_URL", raising=False)
+    assert data.source_url(DOWNLOAD).startswith("https://raw.githubusercontent.com/reasoning-machines/pal/")
+    monkeypatch.setenv("MDLAB_DATA_URL", "https://mirror.example/mdlab/")
+    path = f"reasoning-machines/pal/{data.SOURCES[DOWNLOAD]['source_commit']}/datasets/mawpsaddsub.jsonl"
+    assert data.source_url(DOWNLOAD) == f"https://mirror.example/mdlab/{path}"
