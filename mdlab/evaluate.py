@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -220,13 +221,15 @@ class HFBackend:
         generation_ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ends.update(generation_ends if isinstance(generation_ends, (list, tuple)) else [generation_ends])
         self.eos = torch.tensor(sorted(e for e in ends if e is not None), device=self.device)
+        # transformers 5.24 renamed the KV cache's keyword and output field `past_key_values` to `cache`
+        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def prompt_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt).input_ids)
 
     def _forward(self, cache, **inputs):
-        out = self.model(cache=cache, use_cache=True, logits_to_keep=1, **inputs)
-        return out.logits[:, -1, :].float(), out.cache
+        out = self.model(**{self.cache_key: cache}, use_cache=True, logits_to_keep=1, **inputs)
+        return out.logits[:, -1, :].float(), getattr(out, self.cache_key)
 
     def _prefill(self, jobs: list[Job]):
         """Logits, KV cache, attention mask and next positions for the paths of ``jobs`` (one prefill each)."""
