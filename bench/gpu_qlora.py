@@ -3,17 +3,26 @@
 A randomly initialised ``LlamaForCausalLM`` with Llama-2-7B's shape (hidden 4096, 32 layers,
 32 heads, intermediate 11008, vocab 32000) -- nothing is downloaded: the model is built on
 the meta device for its tensor names and shapes, each tensor is drawn on the GPU (N(0, 0.02),
-norms at 1) and written to safetensors shards in ``--workdir`` (about 13 GB of disk, reused on
-a second run), with a word-level tokenizer of 32000 made-up words. Then ``train.fit`` trains
-it exactly as a real MD run on a GPU does: ``models.load(quant="nf4")`` quantizes it to NF4
-(double quantization, bf16 compute) while loading, LoRA r=16 on every linear layer, paged
-8-bit AdamW, gradient checkpointing, batch 1 of ``--seq`` (1024) tokens.
+norms at 1) and written to safetensors shards in ``--workdir`` (about 13 GB: /dev/shm when it
+has room, else the temp dir; reused on a second run), with a word-level tokenizer of 32000
+made-up words. Then ``train.fit`` trains it exactly as a real MD run on a GPU does, once per
+configuration: ``models.load(quant="nf4")`` quantizes it to NF4 (double quantization, bf16
+compute) while loading, LoRA r=16 on every linear layer, paged 8-bit AdamW, gradient
+checkpointing. A configuration is ``SEQxB`` (padded batches of B examples of SEQ tokens) or
+``SEQpB`` (``batching="packed"``, ``max_length=SEQ``, ``batch_size=B``: padding-free rows of at
+most SEQ tokens holding examples of SEQ/8 to 5*SEQ/8 tokens, as the gpu profile's 512p8 does).
+Each one trains in its own process, so one's memory never shows in the next one's peak.
 
-    .venv/bin/python bench/gpu_qlora.py [--steps 8] [--seq 1024] [--workdir /tmp/mdlab-7b-random] [--json out.json]
+    .venv/bin/python bench/gpu_qlora.py [--configs 1024x1 512x1 512p8] [--steps 6] [--workdir DIR] [--json out.json]
 
-Prints the peak GPU memory (torch's allocated and reserved bytes) and training tokens/s next
-to ``train.estimate_memory``'s prediction; goal: peak <= 12 GB, so a 7B MD run fits a 16 GB
-card. Without CUDA it prints the prediction, says it needs a GPU and exits with status 2.
+Prints, per configuration, the peak GPU memory (torch's allocated and reserved bytes) next to
+``train.estimate_memory``'s prediction (a packed row is one sequence: batch 1, as
+``train.oom_message`` counts it) with their ratio, and training tokens/s with its ratio to the
+first configuration's. Passes when every measured peak is within 15% of the prediction and
+1024x1's reserved peak is <= 12 GiB (so a 7B MD run fits a 16 GB card); exit status 0, else 1.
+Without CUDA it prints the predictions, says it needs a GPU and exits with status 2;
+``--cpu-dry-run`` runs the same pipeline on a small random model (4-bit on the CPU, sequences
+an eighth as long) and measures nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +50,30 @@ LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads"
 # --cpu-dry-run: the same pipeline on a small shape, to check this script where there is no GPU
 SMALL = {**LLAMA2_7B, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
          "intermediate_size": 256}
-GOAL_GIB = 12.0
+CONFIGS = ("1024x1", "512x1", "512p8")  # 512p8: the gpu profile's max_length and batch_size
+GOAL_CONFIG, GOAL_GIB, TOLERANCE = "1024x1", 12.0, 0.15
+
+
+def default_workdir(name: str = "mdlab-7b-random") -> str:
+    """/dev/shm when it can hold the 7B shards (no disk write, loads from RAM), else the temp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 20 * train.GiB:
+        return str(shm / name)
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+def parse_config(spec: str) -> tuple[int, str, int]:
+    """``"1024x1"`` -> (1024, "padded", 1); ``"512p8"`` -> (512, "packed", 8)."""
+    match = re.fullmatch(r"(\d+)([xp])(\d+)", spec)
+    if not match:
+        raise ValueError(f"configuration {spec!r}: expected SEQxB (padded) or SEQpB (packed), e.g. 1024x1, 512p8")
+    return int(match.group(1)), "packed" if match.group(2) == "p" else "padded", int(match.group(3))
+
+
+def predict(seq: int, batching: str, batch: int, rank: int) -> train.MemoryEstimate:
+    # a packed micro-step is one row of at most seq tokens, whatever batch_size says
+    return train.estimate_memory("7b", seq_len=seq, batch=1 if batching == "packed" else batch, lora_rank=rank,
+                                 quant="nf4", gradient_checkpointing=True)
 
 
 def build_random_model(workdir: Path, shape: dict, device: str = "cuda", shard_bytes: int = 2 << 30) -> Path:
@@ -88,102 +124,180 @@ def build_random_model(workdir: Path, shape: dict, device: str = "cuda", shard_b
     return workdir
 
 
-def examples(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
-    """``n`` examples of exactly ``seq`` tokens: a quarter prompt, the rest completion + EOS."""
-    import random
-
+def examples(lengths: list[int], vocab: int, seed: int = 0) -> list[dict]:
+    """One example per length, of exactly that many tokens: a quarter prompt, the rest completion + EOS."""
     rng = random.Random(seed)
+
     def words(k: int) -> str:
         return " ".join(f"w{rng.randrange(3, vocab)}" for _ in range(k))
 
-    prompt_len = seq // 4
-    return [{"prompt": words(prompt_len), "completion": words(seq - prompt_len - 1) + " </s>", "mode": "cot"}
-            for _ in range(n)]
+    return [{"prompt": words(n // 4), "completion": words(n - n // 4 - 1) + " </s>", "mode": "cot"} for n in lengths]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mdlab-7b-random"))
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    parser.add_argument("--cpu-dry-run", action="store_true",
-                        help="no GPU: run the same pipeline on a small random model (4-bit on CPU), measure nothing")
-    args = parser.parse_args(argv)
-
-    predicted = train.estimate_memory("7b", seq_len=args.seq, batch=1, lora_rank=args.rank, quant="nf4",
-                                      gradient_checkpointing=True)
-    print(f"train.estimate_memory('7b', seq_len={args.seq}, batch=1, lora_rank={args.rank}, quant='nf4'):")
-    print(predicted)
+def run_config(spec: str, model_dir: Path, steps: int, rank: int, dry_run: bool) -> dict:
+    """Train one configuration in this process; its figures (memory in GiB, None without CUDA)."""
     import torch
-
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.cpu_dry_run:
-        print("\nno CUDA device: this check needs a GPU (run it where `torch.cuda.is_available()` is True); "
-              "nothing was measured", file=sys.stderr)
-        return 2
-    if args.cpu_dry_run:
-        args.workdir, args.seq = args.workdir + "-small", min(args.seq, 128)
-
-    t0 = time.perf_counter()
-    model_dir = build_random_model(Path(args.workdir), SMALL if args.cpu_dry_run else LLAMA2_7B,
-                                   "cuda" if cuda else "cpu")
-    print(f"\nrandom 7B-shaped model in {model_dir} ({time.perf_counter() - t0:.0f} s)")
-
     from transformers import TrainerCallback
 
+    seq, batching, batch = parse_config(spec)
+    cuda = torch.cuda.is_available()
     marks: list[float] = []
-    after_load = [0]
+    loaded = {"allocated": 0, "load_peak": 0}
 
     class Probe(TrainerCallback):
         def on_train_begin(self, args_, state, control, **kwargs):
-            after_load[0] = torch.cuda.memory_allocated() if cuda else 0
+            if cuda:  # the training peak alone: loading's transient copies are not what the estimate predicts
+                loaded.update(allocated=torch.cuda.memory_allocated(), load_peak=torch.cuda.max_memory_allocated())
+                torch.cuda.reset_peak_memory_stats()
 
         def on_step_end(self, args_, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
             marks.append(time.perf_counter())
 
-    config = train.TrainConfig(model=str(model_dir), mode="cot", quant="nf4", max_length=args.seq, batch_size=1,
-                               batching="padded", lora_rank=args.rank, lora_alpha=2 * args.rank,
-                               gradient_checkpointing=True, optim="paged_adamw_8bit" if cuda else "adamw_torch",
-                               max_steps=args.steps, learning_rate=2e-4, save_steps=10_000, logging_steps=1)
+    rng = random.Random(1)
+    if batching == "packed":  # several examples per row; twice what the steps need, so no epoch runs short
+        lengths = [rng.randint(seq // 8, 5 * seq // 8) for _ in range(2 * steps * batch)]
+    else:
+        lengths = [seq] * (steps * batch)
+    config = train.TrainConfig(model=str(model_dir), mode="cot", quant="nf4", max_length=seq, batch_size=batch,
+                               batching=batching, lora_rank=rank, lora_alpha=2 * rank, gradient_checkpointing=True,
+                               optim="paged_adamw_8bit" if cuda else "adamw_torch", max_steps=steps,
+                               learning_rate=2e-4, save_steps=10_000, logging_steps=1)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run:
-        adapter = train.fit(config, examples(args.steps, args.seq, LLAMA2_7B["vocab_size"]), run, callbacks=[Probe()])
+        adapter = train.fit(config, examples(lengths, LLAMA2_7B["vocab_size"]), run, callbacks=[Probe()])
         losses = train.read_loss(run, "cot")
         quantized = json.loads((adapter / train.MANIFEST).read_text())["quantized"]
-    if not cuda:
-        print(f"\ncpu dry run: {len(marks)} steps, 4-bit: {quantized}, final loss "
-              f"{losses['loss'].iloc[-1]:.3f}; no GPU, so nothing was measured")
-        return 2
-    peak_alloc, peak_reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
-    timed = len(marks) - 1
-    tokens_per_s = timed * args.seq / (marks[-1] - marks[0]) if timed > 0 else float("nan")
+    # loss.csv's tokens are cumulative (TRL's count, padding left out): the tokens of the timed steps
+    tokens = [float(t) for t in losses["tokens"]]
+    timed = len(marks) - 1  # the first step pays for warm-up (kernels, paged optimizer states)
+    if timed > 0 and tokens:
+        exact = len(tokens) == len(marks)  # one loss.csv row per step; else the mean step stands in
+        seconds = marks[-1] - marks[0]
+        tokens_per_s = (tokens[-1] - tokens[0] if exact else tokens[-1] / len(tokens) * timed) / seconds
+    else:
+        tokens_per_s = float("nan")
+    predicted = predict(seq, batching, batch, rank)
     gib = train.GiB
-    result = {
-        "gpu": torch.cuda.get_device_name(0), "seq": args.seq, "batch": 1, "lora_rank": args.rank,
-        "steps": len(marks), "tokens_per_s": round(tokens_per_s, 1),
-        "weights_gib": {"predicted": round(predicted.weights / gib, 2), "measured": round(after_load[0] / gib, 2)},
-        "peak_allocated_gib": {"predicted": round(predicted.allocated / gib, 2), "measured": round(peak_alloc / gib, 2)},
-        "peak_reserved_gib": round(peak_reserved / gib, 2),
-        "total_predicted_gib": round(predicted.total_gb, 2), "final_loss": float(losses["loss"].iloc[-1]),
-        "quantized": quantized,
-        "goal_peak_gib": GOAL_GIB, "meets_goal": peak_reserved / gib <= GOAL_GIB,
-    }
-    print(f"\n{'':<28}{'predicted':>10}{'measured':>10}   (GiB, {result['gpu']})")
-    print(f"{'weights after load':<28}{result['weights_gib']['predicted']:>10.2f}{result['weights_gib']['measured']:>10.2f}")
-    print(f"{'peak allocated':<28}{result['peak_allocated_gib']['predicted']:>10.2f}"
-          f"{result['peak_allocated_gib']['measured']:>10.2f}")
-    print(f"{'peak reserved (+context)':<28}{result['total_predicted_gib']:>10.2f}{result['peak_reserved_gib']:>10.2f}")
-    print(f"training: {result['tokens_per_s']} tokens/s over {timed} timed steps of {args.seq} tokens; "
-          f"final loss {result['final_loss']:.3f}")
-    print(f"goal peak <= {GOAL_GIB:g} GiB: {'met' if result['meets_goal'] else 'NOT met'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0 if result["meets_goal"] else 1
+    result = {"config": spec, "seq": seq, "batching": batching, "batch": batch, "lora_rank": rank,
+              "steps": len(marks), "tokens_per_step": round(tokens[-1] / len(tokens), 1) if tokens else None,
+              "tokens_per_s": round(tokens_per_s, 1) if cuda else None, "final_loss": float(losses["loss"].iloc[-1]),
+              "quantized": quantized, "predicted_weights_gib": round(predicted.weights / gib, 3),
+              "predicted_allocated_gib": round(predicted.allocated / gib, 3),
+              "predicted_total_gib": round(predicted.total_gb, 3)}
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+        result.update(gpu=torch.cuda.get_device_name(0), weights_gib=round(loaded["allocated"] / gib, 3),
+                      load_peak_gib=round(loaded["load_peak"] / gib, 3),
+                      peak_allocated_gib=round(peak / gib, 3),
+                      peak_reserved_gib=round(torch.cuda.max_memory_reserved() / gib, 3),
+                      ratio=round(peak / predicted.allocated, 3),
+                      within_tolerance=abs(peak / predicted.allocated - 1) <= TOLERANCE)
+    return result
+
+
+def report(results: list[dict]) -> None:
+    base = next((r["tokens_per_s"] for r in results if r.get("tokens_per_s")), None)
+    print(f"\n{'config':<8}{'tok/step':>9}{'pred GiB':>10}{'peak GiB':>10}{'ratio':>7}{'reserved':>10}"
+          f"{'tok/s':>9}{'vs first':>9}  ok")
+    for r in results:
+        if "error" in r:
+            print(f"{r['config']:<8}  failed: {r['error']}")
+            continue
+        measured = r.get("peak_allocated_gib") is not None
+        speed = r.get("tokens_per_s")
+
+        def cell(value, width, fmt):
+            return f"{value:>{width}{fmt}}" if value is not None else f"{'-':>{width}}"
+
+        relative = f"{speed / base:.2f}x" if speed and base else "-"
+
+        print(f"{r['config']:<8}{cell(r['tokens_per_step'], 9, '.0f')}{r['predicted_allocated_gib']:>10.2f}"
+              f"{cell(r.get('peak_allocated_gib'), 10, '.2f')}{cell(r.get('ratio'), 7, '.2f')}"
+              f"{cell(r.get('peak_reserved_gib'), 10, '.2f')}{cell(speed, 9, '.0f')}"
+              f"{relative:>9}  "
+              f"{('yes' if r['within_tolerance'] else 'NO') if measured else '-'}")
+    print(f"ratio = measured / predicted peak allocated (pass within {TOLERANCE:.0%}); reserved = what torch's "
+          f"allocator held; tok/s over the steps after the first, vs the first configuration's")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), metavar="SEQxB|SEQpB")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per configuration")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--workdir", default=None, help="where the random model is written (default: /dev/shm "
+                        "when it has 20 GiB free, else the temp dir)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file (after each config)")
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="no GPU: run the same pipeline on a small random model (4-bit on CPU), measure nothing")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: train this configuration only
+    args = parser.parse_args(argv)
+    try:
+        for spec in args.configs + ([args.one] if args.one else []):
+            parse_config(spec)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.one:
+        result = run_config(args.one, Path(args.workdir), args.steps, args.rank, args.cpu_dry_run)
+        Path(args.json).write_text(json.dumps(result))
+        return 0
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    for spec in args.configs:
+        print(f"{spec}: train.estimate_memory predicts\n{predict(*parse_config(spec), args.rank)}")
+    if not cuda and not args.cpu_dry_run:
+        print("\nno CUDA device: this check needs a GPU (run it where `torch.cuda.is_available()` is True); "
+              "nothing was measured", file=sys.stderr)
+        return 2
+    workdir = args.workdir or default_workdir()
+    if args.cpu_dry_run:
+        workdir += "-small"
+        # an eighth of each sequence keeps the small model's dry run to seconds per configuration
+        args.configs = [f"{max(16, seq // 8)}{'p' if batching == 'packed' else 'x'}{batch}"
+                        for seq, batching, batch in map(parse_config, args.configs)]
+    t0 = time.perf_counter()
+    model_dir = build_random_model(Path(workdir), SMALL if args.cpu_dry_run else LLAMA2_7B,
+                                   "cuda" if cuda else "cpu")
+    if cuda:
+        torch.cuda.empty_cache()  # the children need the card, not this process's cached blocks
+    print(f"\nrandom {'small' if args.cpu_dry_run else '7B-shaped'} model in {model_dir} "
+          f"({time.perf_counter() - t0:.0f} s)")
+
+    results: list[dict] = []
+    summary = {"gpu": torch.cuda.get_device_name(0) if cuda else None, "dry_run": args.cpu_dry_run,
+               "steps": args.steps, "tolerance": TOLERANCE, "goal_config": GOAL_CONFIG, "goal_peak_gib": GOAL_GIB,
+               "configs": results}
+    for spec in args.configs:
+        print(f"\n=== {spec} ===", flush=True)
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = [sys.executable, __file__, "--one", spec, "--workdir", str(model_dir), "--steps",
+                       str(args.steps), "--rank", str(args.rank), "--json", out.name]
+            start = time.perf_counter()
+            code = subprocess.call(command + (["--cpu-dry-run"] if args.cpu_dry_run else []))
+            text = Path(out.name).read_text()
+        result = json.loads(text) if code == 0 and text else {"config": spec, "error": f"exit status {code}"}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        results.append(result)
+        goal = next((r for r in results if r["config"] == GOAL_CONFIG and "peak_reserved_gib" in r), None)
+        summary.update(all_ran=all("error" not in r for r in results),
+                       within_tolerance=all(r.get("within_tolerance", False) for r in results),
+                       meets_goal=goal["peak_reserved_gib"] <= GOAL_GIB if goal else None)
+        if args.json:  # after each configuration, so a run cut short still leaves what it measured
+            Path(args.json).write_text(json.dumps(summary, indent=2))
+    report(results)
+    if not cuda:
+        print(f"\ncpu dry run: {len(results)} configuration(s) trained"
+              f"{'' if summary['all_ran'] else ' (some FAILED)'}; no GPU, so nothing was measured")
+        return 0 if summary["all_ran"] else 1
+    if summary["meets_goal"] is not None:
+        print(f"goal {GOAL_CONFIG} peak reserved <= {GOAL_GIB:g} GiB: {'met' if summary['meets_goal'] else 'NOT met'}")
+    ok = summary["all_ran"] and summary["within_tolerance"] and summary["meets_goal"] is not False
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
