@@ -7,14 +7,16 @@ Three layers, each usable without the next:
    are always re-executed in ``mdlab.sandbox`` (in parallel) and CoT answers are always
    re-extracted with ``answers.extract``: the filter never trusts an answer stored in
    ``rationales.jsonl``. ``run_auto_filter(run_dir, ...)`` writes it to ``auto_filter.csv``.
-2. ``CurationState(run_dir)``: plain Python, no widgets. A queue of rationales (grouped by
-   problem, CoT before PoT), filters, a current item, and keep / drop / edit decisions
+2. ``CurationState(run_dir)``: plain Python, no widgets. A queue of rationales, what needs a
+   human first: disagreements (a problem's CoT and PoT answers differ) and right answers
+   dropped by a check that may be wrong, then other drops, then clean passes (within each,
+   by problem, CoT before PoT); filters, a current item, and keep / drop / edit decisions
    appended to ``decisions.jsonl`` (``runs.JsonlStore``: one line per click, flushed and
    fsynced) so a kernel restart, a closed tab or a crash loses nothing. The queue position
    and filters live in ``curation_state.json`` (replaced atomically on every click).
    The latest decision per rationale wins.
-3. ``Curator(run_dir)``: an ipywidgets view over the state (standard widgets only, so it
-   works in JupyterLab, Notebook 7 and VS Code).
+3. ``Curator(run_dir)``: an ipywidgets view over the state, with single-key shortcuts (``KEYS``)
+   through anywidget, so it works in JupyterLab, Notebook 7, VS Code and Colab.
 
 ``curated(run_dir)`` applies the automatic verdicts, overrides them with the human ones (an
 edit replaces text and answer) and writes ``curated.jsonl``: what training reads.
@@ -56,10 +58,12 @@ import dataclasses
 import datetime as _dt
 import difflib
 import html
+import json
 import math
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -263,6 +267,20 @@ def _answer_reasons(r: teachers.Rationale, row: dict, config: CurateConfig) -> l
     return reasons
 
 
+def _disagreements(rows: list[dict]) -> list[bool]:
+    """Per row: its answer differs from every answer the other mode gives for the same problem."""
+    given: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if (answer := answers.to_float(row["answer"])) is not None:
+            given.setdefault((row["problem_id"], row["mode"]), []).append(answer)
+    out = []
+    for row in rows:
+        answer = answers.to_float(row["answer"])
+        other = given.get((row["problem_id"], "pot" if row["mode"] == "cot" else "cot"), [])
+        out.append(answer is not None and bool(other) and not any(answers.same(answer, b) for b in other))
+    return out
+
+
 def _order(reasons: Iterable[str]) -> list[str]:
     unique = set(reasons)
     return [name for name in REASONS if name in unique]
@@ -319,13 +337,8 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
         reasons.append(why)
 
     if config.check_agreement:
-        by_problem: dict[str, dict[str, list[float]]] = {}
-        for row in rows:
-            if row["answer"] is not None:
-                by_problem.setdefault(row["problem_id"], {}).setdefault(row["mode"], []).append(row["answer"])
-        for row, why in zip(rows, reasons):
-            other = by_problem.get(row["problem_id"], {}).get("pot" if row["mode"] == "cot" else "cot", [])
-            if row["answer"] is not None and other and not any(answers.same(row["answer"], b) for b in other):
+        for why, disagrees in zip(reasons, _disagreements(rows)):
+            if disagrees:
                 why.append("cot_pot_disagree")
 
     if config.check_duplicates:  # last: only rationales that pass every other check are references
@@ -399,6 +412,31 @@ def _verdict(auto_keep: bool, decision: dict | None) -> str:
     if decision is None:
         return "keep" if auto_keep else "drop"
     return "drop" if decision["action"] == "drop" else "keep"
+
+
+# drop reasons that are certain when they fire: reading the rationale cannot overturn them
+_CERTAIN = {"duplicate", "leakage", "unknown_problem"}
+_MODE_NAMES = {"cot": "CoT", "pot": "PoT"}
+
+
+def _attention(row: dict, disagrees: bool) -> str:
+    """Why a human should look at a rationale before the clear-cut ones ("" when nothing stands out)."""
+    if disagrees:
+        return "the CoT and PoT answers of this problem disagree"
+    reasons = set(reason_list(row["reasons"]))
+    return "dropped although its answer is right" if reasons and row["correct"] and not reasons & _CERTAIN else ""
+
+
+def _labels(rows: dict[str, dict]) -> dict[str, str]:
+    """Readable ids, e.g. ``chal-994 · PoT · svamp-codex-pot``; ``#1``, ``#2``... where that repeats."""
+    base = {rid: f"{row['problem_id']} · {_MODE_NAMES.get(row['mode'], row['mode'])} · "
+                 f"{row['teacher'].split(':', 1)[-1].rsplit('/', 1)[-1]}" for rid, row in rows.items()}
+    counts, seen = Counter(base.values()), Counter()
+    for rid, label in base.items():
+        if counts[label] > 1:
+            seen[label] += 1
+            base[rid] = f"{label} #{seen[label]}"
+    return base
 
 
 def funnel(table: pd.DataFrame, decisions: dict[str, dict] | None = None) -> pd.DataFrame:
@@ -533,6 +571,7 @@ def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
 class Item:
     """What the curator shows for one rationale (the edited version when there is one)."""
     id: str
+    label: str  # readable id: problem, mode, teacher (and #n when that teacher wrote several)
     problem_id: str
     mode: str
     teacher: str
@@ -544,8 +583,9 @@ class Item:
     status: str
     output: str
     error: str
-    reasons: list[str]  # automatic reasons (for the teacher's text)
+    reasons: list[str]  # automatic reasons for the text shown (re-checked after an edit)
     auto_keep: bool
+    attention: str  # why a human should look first ("" when the automatic verdict is clear-cut)
     decision: dict | None  # latest human decision
     verdict: str  # "keep" | "drop": the decision if any, else the automatic verdict
     correct: bool  # answer is answers.same as gold
@@ -561,16 +601,21 @@ class CurationState:
         table = read_table(self.run_dir)
         self.rationales = {r.id: r for r in load_rationales(self.run_dir)}
         self.rows: dict[str, dict] = {row["id"]: row for row in table.to_dict("records")}
+        self.attention = {rid: _attention(row, disagrees) for (rid, row), disagrees
+                          in zip(self.rows.items(), _disagreements(list(self.rows.values())))}
         first_seen: dict[str, int] = {}
         for row in self.rows.values():
             first_seen.setdefault(row["problem_id"], len(first_seen))
-        # one problem's rationales next to each other, CoT before PoT, otherwise in file order
+        # what needs a human first (disagreements, doubtful drops), then other automatic drops, then
+        # clean passes; within each, one problem's rationales together, CoT before PoT, in file order
         index = {rid: i for i, rid in enumerate(self.rows)}
-        self.order: list[str] = sorted(self.rows, key=lambda i: (first_seen[self.rows[i]["problem_id"]],
-                                                                 self.rows[i]["mode"], index[i]))
+        self.order: list[str] = sorted(self.rows, key=lambda i: (
+            0 if self.attention[i] else 1 if not self.rows[i]["keep"] else 2,
+            first_seen[self.rows[i]["problem_id"]], self.rows[i]["mode"], index[i]))
         self._by_problem: dict[str, list[str]] = {}
-        for rid in self.order:
+        for rid in self.rows:
             self._by_problem.setdefault(self.rows[rid]["problem_id"], []).append(rid)
+        self.labels = _labels(self.rows)
         self.store = runs.JsonlStore(self.run_dir / DECISIONS)
         self.decisions: dict[str, dict] = read_decisions(self.run_dir)
         self.filters: dict[str, str | None] = dict.fromkeys(FILTERS)
@@ -580,8 +625,6 @@ class CurationState:
 
     # ---- persistence of the position
     def _restore(self) -> None:
-        import json
-
         path = self.run_dir / STATE
         saved = {}
         if path.exists():
@@ -703,15 +746,21 @@ class CurationState:
         edited = decision is not None and decision["action"] == "edit"
         source = decision if edited else row
         answer = answers.to_float(source.get("answer"))
+        reasons = reason_list(row["reasons"])
+        if edited and rationale is not None:  # the same checks, on the edited text (the sandbox ran in edit())
+            fresh = dataclasses.replace(rationale, text=decision["text"], params={}, tokens={}, finish_reason=None)
+            reasons = _order(_answer_reasons(fresh, {"status": decision.get("status"), "answer": answer,
+                                                     "gold": float(row["gold"])}, self.config)
+                             + [r for r in reasons if r in ("leakage", "unknown_problem")])
         others = [{"id": o, "mode": self.rows[o]["mode"], "teacher": self.rows[o]["teacher"],
                    "answer": self._answer(o), "verdict": self.verdict(o)}
                   for o in self._by_problem[row["problem_id"]] if o != rationale_id]
-        return Item(id=rationale_id, problem_id=row["problem_id"], mode=row["mode"], teacher=row["teacher"],
-                    dataset=row["dataset"], question=row["question"], gold=float(row["gold"]),
+        return Item(id=rationale_id, label=self.labels[rationale_id], problem_id=row["problem_id"], mode=row["mode"],
+                    teacher=row["teacher"], dataset=row["dataset"], question=row["question"], gold=float(row["gold"]),
                     text=decision["text"] if edited else (rationale.text if rationale else ""),
                     answer=answer, status=source.get("status") or "", output=source.get("output") or "",
-                    error=source.get("error") or "", reasons=reason_list(row["reasons"]),
-                    auto_keep=bool(row["keep"]), decision=decision, verdict=self.verdict(rationale_id),
+                    error=source.get("error") or "", reasons=reasons, auto_keep=bool(row["keep"]),
+                    attention=self.attention[rationale_id], decision=decision, verdict=self.verdict(rationale_id),
                     correct=answer is not None and answers.same(answer, row["gold"]), others=others)
 
     def _answer(self, rid: str) -> float | None:
@@ -805,19 +854,76 @@ def _fmt(value: Any) -> str:
     return f"{number:g}" if abs(number) < 1e15 else repr(number)
 
 
+# single keys as in Prodigy and Argilla; arrows for moving. Shown on the buttons.
+KEYS = {"k": "keep", "d": "drop", "e": "edit", "n": "next", "ArrowRight": "next", "p": "previous",
+        "ArrowLeft": "previous"}
+_KEY_NAMES = {"ArrowRight": "→", "ArrowLeft": "←"}
+# anywidget (its labextension ships in the wheel) forwards the key presses inside the curator
+_KEYS_JS = """
+const KEYS = __KEYS__;
+export default { render({ model, el }) {
+  let frame = 0;
+  const arm = () => {  // the curator's box holds this element once ipywidgets has attached it
+    const root = el.closest(".mdlab-curator");
+    if (!root) return void (frame = requestAnimationFrame(arm));
+    root.tabIndex = 0;  // a click on its text focuses the curator, not the notebook behind it
+    root.addEventListener("click", (e) => e.target.closest("button, input, textarea, select")
+                                          || root.focus({ preventScroll: true }));
+  };
+  const onKey = (e) => {
+    const root = el.closest(".mdlab-curator");
+    if (!root || !root.contains(e.target) || e.ctrlKey || e.metaKey || e.altKey
+        || e.target.closest("input, textarea, select, [contenteditable]")) return;  // typing
+    // a plain key belongs to the curator: JupyterLab's single-key notebook commands (d d deletes
+    // the cell, x cuts it) must not act on the notebook behind it
+    e.stopPropagation();
+    if (KEYS.includes(e.key)) { e.preventDefault(); model.send({ key: e.key }); }
+  };
+  arm();
+  document.addEventListener("keydown", onKey, true);  // capture: before JupyterLab's own handler
+  return () => { cancelAnimationFrame(frame); document.removeEventListener("keydown", onKey, true); };
+} };
+""".replace("__KEYS__", json.dumps(list(KEYS)))
+_DONE = {"keep": "kept", "drop": "dropped", "edit": "edited"}
+_COLOURS = {"keep": ("#1a7f37", "#dafbe1"), "drop": ("#cf222e", "#ffebe9"), "look": ("#9a6700", "#fff8c5")}
+
+
+def _verdict_html(item: Item) -> str:
+    """The verdict as a coloured line: green kept, red dropped, amber needs a look; with the reasons."""
+    decision, action = item.decision, (item.decision or {}).get("action")
+    checks = ", ".join(f"<code>{r}</code>" for r in item.reasons) or "all checks pass"
+    automatic = f"automatic: {'keep' if item.auto_keep else 'drop'} ({checks})"
+    if action == "edit":  # the checks were re-run on the edited text
+        kind = "look" if item.reasons else "keep"
+        text = f"<b>kept, edited</b> by you · re-checked: {checks}"
+    elif action:
+        reason = f" ({html.escape(decision['reason'])})" if decision.get("reason") else ""
+        kind, text = action, f"<b>{_DONE[action]}</b> by you{reason} · {automatic}"
+    elif item.attention:
+        kind, text = "look", f"<b>needs a look</b>: {html.escape(item.attention)} · {automatic}"
+    else:
+        kind = "keep" if item.auto_keep else "drop"
+        text = f"<b>{_DONE[kind]}</b> automatically: {checks}"
+    line, background = _COLOURS[kind]
+    return (f"<div class='mdlab-verdict mdlab-verdict-{kind}' style='border-left:6px solid {line};"
+            f"background:{background};padding:2px 8px'>{text}</div>")
+
+
 class Curator:
     """ipywidgets view over a ``CurationState``: read, then keep / drop / edit, next / previous.
 
     Every button has a stable CSS class (``mdlab-keep``, ``mdlab-drop``, ``mdlab-edit``,
     ``mdlab-next``, ``mdlab-previous``, ``mdlab-save``, ``mdlab-cancel``) for tests and styling.
-    Keyboard: Tab moves through filters, reason box and buttons in reading order, and
-    Space or Enter presses the focused button.
+    Keyboard: once the curator has focus (click it), ``KEYS`` act as the buttons (k keep, d drop,
+    e edit, n or → next, p or ← previous), except while typing in a text box; Tab moves through
+    the controls and Space or Enter presses the focused button.
     """
 
     BUTTONS = ("previous", "keep", "drop", "edit", "next")
 
     def __init__(self, run_dir: str | os.PathLike | None = None, *, state: CurationState | None = None,
                  config: CurateConfig | None = None):
+        import anywidget
         import ipywidgets as w
 
         if state is None and run_dir is None:
@@ -833,15 +939,12 @@ class Curator:
             dropdown.add_class(f"mdlab-filter-{key}")
             dropdown.observe(self._on_filter, names="value")
             self.filters[key] = dropdown
-        self.header = w.HTML()
-        self.question = w.HTML()
-        self.rationale = w.HTML()
-        self.result = w.HTML()
-        self.reasons = w.HTML()
-        self.context = w.HTML()
-        self.message = w.HTML()
+        self.header, self.question, self.rationale, self.result = w.HTML(), w.HTML(), w.HTML(), w.HTML()
+        self.verdict, self.context, self.message = w.HTML(), w.HTML(), w.HTML()
+        for name in ("header", "question", "verdict", "message"):
+            getattr(self, name).add_class(f"mdlab-{name}")
         self.reason = w.Text(placeholder="reason for your decision (optional)", description="reason",
-                             layout=w.Layout(width="50%"))
+                             layout=w.Layout(width="40%"))
         self.reason.add_class("mdlab-reason")
         tips = {"previous": "previous item", "keep": "keep this rationale and go to the next",
                 "drop": "drop this rationale and go to the next",
@@ -849,12 +952,14 @@ class Curator:
         styles = {"keep": "success", "drop": "danger", "edit": "warning"}
         self.buttons = {}
         for name in self.BUTTONS:
-            button = w.Button(description=name, tooltip=tips[name], button_style=styles.get(name, ""),
-                              layout=w.Layout(width="90px"))
+            keys = "/".join(_KEY_NAMES.get(k, k) for k, action in KEYS.items() if action == name)
+            button = w.Button(description=f"{name} ({keys})", tooltip=f"{tips[name]}; key {keys}",
+                              button_style=styles.get(name, ""), layout=w.Layout(width="auto"))
             button.add_class(f"mdlab-{name}")
             button.on_click(getattr(self, f"_on_{name}"))
             self.buttons[name] = button
-        self.editor = w.Textarea(layout=w.Layout(width="100%", height="12em"))
+        # width auto, not 100%: a full width plus the widget margins overflowed into a scrollbar
+        self.editor = w.Textarea(layout=w.Layout(width="auto"))
         self.editor.add_class("mdlab-editor")
         self.save = w.Button(description="save edit", button_style="warning")
         self.save.add_class("mdlab-save")
@@ -864,16 +969,20 @@ class Curator:
         self.cancel.on_click(self._on_cancel)
         self.editor_box = w.VBox([self.editor, w.HBox([self.save, self.cancel])],
                                  layout=w.Layout(display="none"))
+        self.keys = anywidget.AnyWidget(_esm=_KEYS_JS)
+        self.keys.on_msg(self._on_key)
         self.progress = w.IntProgress(min=0, max=1, description="reviewed", bar_style="info")
         self.progress_label = w.Label()
         self.summary = w.HTML()
         self.summary.add_class("mdlab-summary")
+        hint = w.HTML("<small>Click the curator, then use the keys on its buttons (not while typing in a box)</small>")
         self.widget = w.VBox([
             w.HBox(list(self.filters.values()), layout=w.Layout(flex_flow="row wrap")),
             w.HBox([self.progress, self.progress_label]),
-            self.header, self.question, self.rationale, self.result, self.reasons, self.context,
-            w.HBox([self.buttons[n] for n in self.BUTTONS] + [self.reason]),
-            self.editor_box, self.message, self.summary,
+            # the editor takes the rationale's place: the text is edited where it was read
+            self.header, self.question, self.rationale, self.editor_box, self.result, self.verdict, self.context,
+            w.HBox([self.buttons[n] for n in self.BUTTONS] + [self.reason], layout=w.Layout(flex_flow="row wrap")),
+            self.message, hint, self.keys, self.summary,
         ])
         self.widget.add_class("mdlab-curator")
         self.refresh()
@@ -897,19 +1006,14 @@ class Curator:
         self.buttons["next"].disabled = state.position + 1 >= len(state.queue)
         if item is None:
             self.header.value = "<i>no rationale matches these filters</i>"
-            for part in (self.question, self.rationale, self.result, self.reasons, self.context):
+            for part in (self.question, self.rationale, self.result, self.verdict, self.context):
                 part.value = ""
             return
         esc = html.escape
-        decided = (f"human: <b>{item.decision['action']}</b>" + (f" ({esc(item.decision['reason'])})"
-                                                                 if item.decision.get("reason") else "")
-                   if item.decision else "not reviewed")
         self.header.value = (f"<b>{state.position + 1} / {len(state.queue)}</b> &nbsp; "
-                             f"<code>{esc(item.id)}</code> &nbsp; {item.mode.upper()} by {esc(item.teacher)}"
-                             f" &nbsp; verdict: <b>{item.verdict}</b>"
-                             f" ({decided}; automatic: {'keep' if item.auto_keep else 'drop'})")
-        self.question.value = (f"<div><b>Question</b> <small>({esc(item.problem_id)})</small>: "
-                               f"{esc(item.question)}"
+                             f"<span class='mdlab-id' title='{esc(item.id)}' style='font-size:larger'>"
+                             f"<b>{esc(item.label)}</b></span>")
+        self.question.value = (f"<div><b>Question</b>: {esc(item.question)}"
                                f"<br><b>Gold answer</b>: {_fmt(item.gold)}</div>")
         if item.mode == "pot":
             self.rationale.value = "<b>Program</b>" + highlight_python(item.text)
@@ -923,24 +1027,43 @@ class Curator:
         if item.error:
             lines.append(f"<b>Error</b><pre style='color:#a00'>{esc(item.error)}</pre>")
         self.result.value = "<br>".join(lines)
-        checks = ", ".join(f"<code>{r}</code>" for r in item.reasons) if item.reasons else "all passed"
-        self.reasons.value = f"<b>Automatic checks</b>: {checks}"
+        self.verdict.value = _verdict_html(item)
         self.context.value = ("<b>Other rationales for this problem</b>: " + (", ".join(
-            f"{o['mode'].upper()} ({esc(o['teacher'])}) answers {_fmt(o['answer'])} [{o['verdict']}]"
+            f"{esc(state.labels[o['id']])} answers {_fmt(o['answer'])} [{o['verdict']}]"
             for o in item.others) or "none"))
 
     # ---- events
     def _act(self, action) -> None:
+        """Run a state action; then a one-line confirmation naming the item, or the error."""
         try:
-            action()
-            self.message.value = ""
+            record = action()
         except (IndexError, ValueError, KeyError) as exc:
             self.message.value = f"<span style='color:#a00'>{html.escape(str(exc))}</span>"
+        else:
+            self._show_editor(False)
+            self.message.value = self._confirmation(record) if isinstance(record, dict) else ""
         self.refresh()
+
+    def _confirmation(self, record: dict) -> str:
+        item, progress = self.state.item(record["id"]), self.state.progress()
+        text = f"{_DONE[record['action']]} <b>{html.escape(item.label)}</b>"
+        if record["action"] == "edit":
+            text += (f": answer {_fmt(item.answer)} ({'right' if item.correct else 'wrong'}), "
+                     + (", ".join(item.reasons) or "all checks pass"))
+        return text + f" — {progress['reviewed']} of {progress['queue']} decided"
+
+    def _show_editor(self, show: bool) -> None:
+        self.editor_box.layout.display = "" if show else "none"
+        self.rationale.layout.display = "none" if show else ""
 
     def _take_reason(self) -> str:
         reason, self.reason.value = self.reason.value.strip(), ""
         return reason
+
+    def _on_key(self, _widget, content: dict, _buffers=None) -> None:
+        action = KEYS.get(content.get("key"))
+        if action is not None and not self.buttons[action].disabled:  # a key does what its button does
+            getattr(self, f"_on_{action}")()
 
     def _on_keep(self, _=None) -> None:
         self._act(lambda: self.state.keep(self._take_reason()))
@@ -958,16 +1081,15 @@ class Curator:
         item = self.state.current
         if item is not None:
             self.editor.value = item.text
-            self.editor_box.layout.display = ""
+            # the whole text in view, no scrollbar inside (about 90 characters a row at notebook width)
+            self.editor.rows = sum(len(line) // 90 + 1 for line in item.text.splitlines()) + 1
+            self._show_editor(True)
 
     def _on_save(self, _=None) -> None:
-        def save():
-            self.state.edit(self.editor.value, self._take_reason() or "edited")
-            self.editor_box.layout.display = "none"
-        self._act(save)
+        self._act(lambda: self.state.edit(self.editor.value, self._take_reason() or "edited"))
 
     def _on_cancel(self, _=None) -> None:
-        self.editor_box.layout.display = "none"
+        self._show_editor(False)
 
     def _on_filter(self, _change=None) -> None:
         self._act(lambda: self.state.set_filters(**{k: None if d.value == _ANY else d.value

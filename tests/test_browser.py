@@ -1,9 +1,10 @@
-"""The curator in a real browser: JupyterLab on loopback, notebook 02 in Chromium, a click on "drop".
+"""The curator in a real browser: JupyterLab on loopback, notebook 02 in Chromium, clicks and keys.
 
 Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) driven by Python
 Playwright with ``executable_path`` -- no browser download. The notebook is a copy of
 ``notebooks/02_curate_rationales.ipynb`` whose parameters cell points at a prepared run
-directory, run top to bottom through JupyterLab's own "Run All Cells" command.
+directory, run top to bottom through JupyterLab's own "Run All Cells" command. The server (and so
+the kernel) imports mdlab from this checkout, whatever is installed.
 """
 
 from __future__ import annotations
@@ -37,18 +38,20 @@ def _free_port() -> int:
 
 
 def _prepare(root: Path) -> Path:
-    """A run directory with rationales for the smoke problems, and notebook 02 pointed at it."""
+    """A run directory with 112 rationales for the smoke problems, and notebook 02 pointed at it."""
     import nbformat
 
     run = root / "run"
-    problems = data.load("svamp", "train", limit=4)
+    problems = data.load("svamp", "train", limit=8)  # the smoke profile's train_limit
     rats = []
     for p in problems:
-        rats.append(Rationale(id=f"cot-{p.id}", problem_id=p.id, mode="cot", text=f"So it is {p.answer:g}. "
-                              f"The answer is {p.answer:g}.", teacher="handmade", sample=0, answer=None,
-                              status="ok", dataset="svamp"))
-        rats.append(Rationale(id=f"pot-{p.id}", problem_id=p.id, mode="pot", text=f"ans = {p.answer:g}",
-                              teacher="handmade", sample=0, answer=None, status="ok", dataset="svamp"))
+        for s in range(7):  # enough items for the scripted runs below (1 + 1 + 50 + 50 decisions)
+            rats.append(Rationale(id=f"cot-{p.id}-{s}", problem_id=p.id, mode="cot", text=f"So it is "
+                                  f"{p.answer:g}, step {s}. The answer is {p.answer:g}.", teacher="handmade",
+                                  sample=s, answer=None, status="ok", dataset="svamp"))
+            rats.append(Rationale(id=f"pot-{p.id}-{s}", problem_id=p.id, mode="pot", sample=s,
+                                  text=f"step = {s}\nans = {p.answer + s % 2:g}", teacher="handmade",
+                                  answer=None, status="ok", dataset="svamp"))
     runs.JsonlStore(run / curate.RATIONALES).extend(rats)
     nb = nbformat.read(ROOT / "notebooks" / "02_curate_rationales.ipynb", as_version=4)
     params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -70,7 +73,9 @@ def lab(tmp_path, stop_process):
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "JUPYTER_CONFIG_DIR": str(home / "config"),
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "IPYTHONDIR": str(home / "ipython")}
+           "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "IPYTHONDIR": str(home / "ipython"),
+           # the kernel inherits this: it must import this checkout's mdlab, not an installed copy
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
     log = open(tmp_path / "jupyter.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
@@ -101,14 +106,31 @@ def lab(tmp_path, stop_process):
         log.close()
 
 
+def _records(path: Path, n: int) -> list[dict]:
+    """The decisions in ``path`` once there are ``n`` (the kernel fsyncs each before it redraws)."""
+    deadline = time.monotonic() + 30
+    while len(records := runs.JsonlStore(path).read()) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return records
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: apt-get install chromium")
-def test_drop_in_the_browser_reaches_decisions_jsonl(lab):
+def test_clicks_and_keys_in_the_browser_reach_decisions_jsonl(lab, capsys):
     from playwright.sync_api import sync_playwright
 
     decisions = lab["run"] / curate.DECISIONS
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+        def current() -> str:  # the rationale id the curator shows
+            return page.locator(".mdlab-curator .mdlab-id").first.get_attribute("title")
+
+        def moved(before: str) -> str:
+            page.wait_for_function("(id) => document.querySelector('.mdlab-curator .mdlab-id').title !== id",
+                                   arg=before, timeout=30_000)
+            return current()
+
         try:
             page.goto(f"{lab['url']}/lab/tree/02_curate.ipynb?token={lab['token']}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=90_000)
@@ -129,24 +151,65 @@ def test_drop_in_the_browser_reaches_decisions_jsonl(lab):
                     run_all = True
                 assert time.monotonic() < deadline, "the curator did not appear within 180 s"
                 time.sleep(0.5)
-            header = page.locator(".mdlab-curator code").first
-            first_id = header.inner_text()
+            cells = page.locator(".jp-Notebook .jp-Cell").count()
+            first_id = current()
             assert first_id.startswith(("cot-", "pot-"))
             drop.click()
-            page.wait_for_function(f"() => !document.querySelector('.mdlab-curator code')"
-                                   f".innerText.includes({first_id!r})", timeout=30_000)
-            deadline = time.monotonic() + 30
-            records = []
-            while time.monotonic() < deadline:
-                records = runs.JsonlStore(decisions).read()
-                if records:
-                    break
-                time.sleep(0.2)
+            second_id = moved(first_id)
+            assert "dropped" in page.locator(".mdlab-curator .mdlab-message").inner_text()
+
+            # keys, once the curator has focus (a click on its text)
+            page.click(".mdlab-curator .mdlab-question")
+            assert page.evaluate("document.activeElement.classList.contains('mdlab-curator')")
+            page.keyboard.press("ArrowLeft")
+            assert moved(second_id) == first_id
+            page.keyboard.press("n")
+            assert moved(first_id) == second_id
+            page.keyboard.press("e")
+            editor = page.locator(".mdlab-curator .mdlab-editor textarea")
+            editor.wait_for(state="visible", timeout=30_000)
+            overflowing = page.evaluate("""() => {
+                const text = document.querySelector('.mdlab-curator .mdlab-editor textarea');
+                const boxes = [text, text.closest('.mdlab-editor').parentElement, text.closest('.mdlab-curator')];
+                return boxes.filter((b) => b.scrollWidth > b.clientWidth + 1 || b.scrollHeight > b.clientHeight + 1)
+                            .map((b) => b.className);
+            }""")
+            assert overflowing == [], f"scrollbars around the editor: {overflowing}"
+            page.locator(".mdlab-curator").screenshot(path=str(lab["tmp"] / "curator.png"))  # for a person to look at
+            editor.click()
+            page.keyboard.press("Control+End")
+            page.keyboard.type(" # kdnpe")  # shortcut letters typed in the editor are text, not actions
+            page.click(".mdlab-curator .mdlab-save")
+            records = _records(decisions, 2)
+            assert [(r["id"], r["action"]) for r in records] == [(first_id, "drop"), (second_id, "edit")]
+            assert records[-1]["text"].endswith(" # kdnpe") and current() == second_id
+
+            # 50 items by keys, then 50 by clicks; each waits for the next item, as a person would
+            page.click(".mdlab-curator .mdlab-question")  # the save button that had focus is hidden now
+            seconds = {}
+            for method in ("keys", "clicks"):
+                start, seen = time.monotonic(), []
+                for i in range(50):
+                    seen.append(current())
+                    action = "keep" if i % 3 == 0 else "drop"  # d d in a row: JupyterLab's "delete cell"
+                    if method == "keys":
+                        page.keyboard.press(action[0])
+                    else:
+                        page.click(f".mdlab-curator .mdlab-{action}")
+                    moved(seen[-1])
+                seconds[method] = time.monotonic() - start
+                records = _records(decisions, len(records) + 50)
+                assert [(r["id"], r["action"]) for r in records[-50:]] == [
+                    (rid, "keep" if i % 3 == 0 else "drop") for i, rid in enumerate(seen)], method
+            assert page.locator(".jp-Notebook .jp-Cell").count() == cells  # no key reached the notebook
         except Exception:
             page.screenshot(path=str(lab["tmp"] / "failure.png"))
             raise
         finally:
             browser.close()
-    assert records, f"no decision in {decisions}; server log: {lab['log'].read_text()[-2000:]}"
-    assert records[-1]["id"] == first_id and records[-1]["action"] == "drop"
+    with capsys.disabled():  # in the log even when the test passes
+        print(f"\ncurator, scripted run of 50 items: keys {50 * 60 / seconds['keys']:.0f} decisions/min, "
+              f"clicks {50 * 60 / seconds['clicks']:.0f} decisions/min (the kernel round trip, not a "
+              f"person's hand)")
+    assert len(runs.JsonlStore(decisions).read()) == 102
     assert (lab["run"] / curate.CURATED).exists()  # the notebook ran to its last cell

@@ -396,12 +396,104 @@ def test_reasons_table(table):
         table["mode"] == "cot").sum()
 
 
+@pytest.fixture()
+def triage(tmp_path, problems) -> tuple[Path, list[str]]:
+    """A run directory with one case per place in the queue, and the labels in the order expected."""
+    a, b, c, d = problems[3:7]
+    rats = [make(a.id, "cot", f"Add them. The answer is {a.answer:g}."),
+            make(a.id, "pot", f"ans = {a.answer:g}"),
+            make(a.id, "pot", f"x = {a.answer:g}\nans = x", sample=2),  # the same teacher twice: #1, #2
+            make(b.id, "cot", f"Add them. The answer is {b.answer:g}."),
+            make(b.id, "pot", f"ans = {b.answer + 1:g}"),  # wrong: the CoT and PoT answers disagree
+            make(c.id, "cot", f"So there are {c.answer:g} left"),  # right, dropped as truncated (no phrase)
+            make(c.id, "pot", f"ans = {c.answer:g}"),
+            make(d.id, "cot", f"Add them. The answer is {d.answer:g}."),
+            make(d.id, "pot", "ans = 1 / 0")]  # fails: no answer, so nothing to disagree with
+    runs.JsonlStore(tmp_path / curate.RATIONALES).extend(rats)
+    curate.run_auto_filter(tmp_path, problems, curate.CurateConfig(timeout=1.0))
+    expected = [f"{b.id} · CoT · handmade", f"{b.id} · PoT · handmade",  # a disagreement
+                f"{c.id} · CoT · handmade",  # a drop whose reason may be wrong
+                f"{d.id} · PoT · handmade",  # another automatic drop
+                f"{a.id} · CoT · handmade", f"{a.id} · PoT · handmade #1", f"{a.id} · PoT · handmade #2",
+                f"{c.id} · PoT · handmade", f"{d.id} · CoT · handmade"]  # clean passes, problem by problem
+    return tmp_path, expected
+
+
+def test_queue_puts_what_needs_a_human_first(triage):
+    run, expected = triage
+    state = curate.CurationState(run)
+    assert [state.labels[rid] for rid in state.queue] == expected
+    assert "disagree" in state.current.attention
+    assert "answer is right" in state.item(state.queue[2]).attention
+    assert [state.item(rid).attention for rid in state.queue[3:]] == [""] * 6
+    state.keep()
+    state.set_filters(mode="pot")  # filters keep the order
+    assert [state.labels[rid] for rid in state.queue] == [x for x in expected if "PoT" in x]
+
+
+def test_edit_is_re_checked_and_shown(triage):
+    run, _ = triage
+    cur = curate.Curator(run)
+    state = cur.state
+    broken = next(rid for rid in state.queue if state.rows[rid]["reasons"] == "error")
+    state.goto(broken)
+    cur.refresh()
+    assert "mdlab-verdict-drop" in cur.verdict.value and "<code>error</code>" in cur.verdict.value
+    gold = state.rows[broken]["gold"]
+    cur.buttons["edit"].click()
+    cur.editor.value = f"ans = {gold:g}"
+    cur.save.click()
+    assert state.current.reasons == [] and state.current.correct
+    assert "mdlab-verdict-keep" in cur.verdict.value and "error" not in cur.verdict.value
+    label = state.labels[broken]
+    assert cur.message.value == f"edited <b>{label}</b>: answer {gold:g} (right), all checks pass — 1 of 9 decided"
+    cur.buttons["edit"].click()
+    cur.editor.value = f"ans = {gold + 1:g}"
+    cur.save.click()
+    assert state.current.reasons == ["wrong_answer"] and "mdlab-verdict-look" in cur.verdict.value
+    cot = next(rid for rid in state.queue if state.rows[rid]["reasons"] == "truncated")
+    state.goto(cot)
+    state.edit(f"{state.current.text}. The answer is {state.rows[cot]['gold']:g}.")
+    assert state.current.reasons == [] and curate.CurationState(run).item(cot).reasons == []  # after a reopen too
+
+
+def test_keys_act_as_the_buttons(triage):
+    run, expected = triage
+    cur = curate.Curator(run)
+
+    def press(key):  # what the frontend sends for a key press inside the curator
+        cur.keys._handle_custom_msg({"key": key}, [])
+
+    press("k")
+    assert cur.message.value == f"kept <b>{expected[0]}</b> — 1 of 9 decided"
+    assert expected[1] in cur.header.value
+    press("d")
+    assert cur.message.value == f"dropped <b>{expected[1]}</b> — 2 of 9 decided"
+    press("ArrowLeft")
+    press("p")
+    assert cur.state.position == 0 and cur.message.value == ""
+    press("p")  # at the start: nothing happens, as with the disabled button
+    press("x")  # not a shortcut
+    assert cur.state.position == 0 and "<span" not in cur.message.value
+    press("n")
+    press("ArrowRight")
+    assert cur.state.position == 2
+    press("e")
+    assert cur.editor_box.layout.display == "" and cur.editor.value == cur.state.current.text
+    press("n")  # moving on closes the editor
+    assert cur.editor_box.layout.display == "none" and cur.state.position == 3
+    records = runs.JsonlStore(run / curate.DECISIONS).read()
+    assert [(cur.state.labels[r["id"]], r["action"]) for r in records] == [(expected[0], "keep"),
+                                                                          (expected[1], "drop")]
+
+
 # ------------------------------------------------------------------------------- widget
 
 def test_curator_widget_drives_the_state(run):
     cur = curate.Curator(run)
     buttons = cur.buttons
-    assert [b.description for b in buttons.values()] == ["previous", "keep", "drop", "edit", "next"]
+    assert [b.description for b in buttons.values()] == ["previous (p/←)", "keep (k)", "drop (d)", "edit (e)",
+                                                         "next (n/→)"]
     assert "mdlab-drop" in buttons["drop"]._dom_classes
     first = cur.state.current_id
     assert first in cur.header.value and "Question" in cur.question.value
@@ -413,7 +505,7 @@ def test_curator_widget_drives_the_state(run):
     assert cur.reason.value == "" and cur.progress.value == 1 and "1 of" in cur.progress_label.value
     assert cur.state.current_id == cur.state.queue[1]
     buttons["previous"].click()
-    assert cur.state.current_id == first and "human: <b>drop</b>" in cur.header.value
+    assert cur.state.current_id == first and "<b>dropped</b> by you (nonsense)" in cur.verdict.value
     buttons["keep"].click()
     buttons["next"].click()
     assert cur.state.position == 2
@@ -423,13 +515,15 @@ def test_curator_widget_drives_the_state(run):
     gold = cur.state.current.gold
     buttons["edit"].click()
     assert cur.editor_box.layout.display == "" and cur.editor.value == cur.state.current.text
+    assert cur.rationale.layout.display == "none"  # the editor takes the rationale's place
     cur.editor.value = f"ans = {gold:g} + 0"
     cur.save.click()
     assert cur.editor_box.layout.display == "none" and "&#10004; right" in cur.result.value
+    assert cur.rationale.layout.display == "" and "mdlab-verdict-keep" in cur.verdict.value
     assert cur.state.decisions[cur.state.current_id]["text"] == f"ans = {gold:g} + 0"
     assert "edited" in cur.summary.value and "<table" in cur.summary.value
     cur.filters["reason"].value = "error"
-    assert "ZeroDivisionError" in cur.result.value and "<code>error</code>" in cur.reasons.value
+    assert "ZeroDivisionError" in cur.result.value and "<code>error</code>" in cur.verdict.value
 
 
 def test_curator_with_an_empty_queue(run):
