@@ -7,6 +7,8 @@ before with the same notebook and profile is skipped, so a second ``make demo`` 
 seconds; an interrupted one resumes, because every stage appends to resumable stores.
 ``<stage> --config configs/X.yaml`` runs one stage's notebook the same way. Running the
 notebooks themselves, rather than a second copy of their logic, keeps one code path.
+``course --out DIR`` writes a class's copies: ``DIR/student/`` with every exercise's solution
+(nbgrader's ``### BEGIN SOLUTION`` ... ``### END SOLUTION``) replaced by a stub, and ``DIR/instructor/``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 import warnings
@@ -213,6 +216,36 @@ def recompute(source: Path, run_dir: Path | None = None) -> Path:
     return run_dir
 
 
+# nbgrader's markers and stub: a course's student copy keeps the exercise and its check, not the answer
+SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION[ \t]*(?:\n|$)", re.S | re.M)
+
+
+def student_source(source: str) -> str:
+    """A cell's code with each solution block replaced by nbgrader's stub (indentation kept)."""
+    return SOLUTION.sub(r"\1# YOUR CODE HERE\n\1raise NotImplementedError()\n", source).rstrip("\n")
+
+
+def course(out: Path) -> list[Path]:
+    """``out/instructor/``: the notebooks as committed; ``out/student/``: solutions stubbed, outputs stripped."""
+    import shutil
+
+    import nbformat
+
+    written = []
+    for name in STAGES.values():
+        for folder in ("instructor", "student"):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copy(NOTEBOOKS / name, out / "instructor" / name)))
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.source, cell.outputs, cell.execution_count = student_source(cell.source), [], None
+        nbformat.write(nb, out / "student" / name)
+        written.append(out / "student" / name)
+    print("\n".join(f"wrote {p}" for p in written))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mdlab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     docs_parser.add_argument("--out", type=Path, default=ROOT / "docs", help="default: docs/")
     docs_parser.add_argument("--raw", action="store_true",
                              help="also the compressed samples, student manifests, curated rationales and profile")
+    course_parser = sub.add_parser("course", help="write student (solutions stubbed) and instructor notebooks")
+    course_parser.add_argument("--out", type=Path, required=True, help="writes OUT/student/ and OUT/instructor/")
     recompute_parser = sub.add_parser("recompute", help="rebuild a report from `docs --raw` output, no adapters")
     recompute_parser.add_argument("source", type=Path, help="e.g. docs/laptop")
     recompute_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<source>-recomputed")
@@ -262,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "docs":
         docs(args.run, args.out, raw=args.raw)
+        return 0
+    if args.command == "course":
+        course(args.out)
         return 0
     if args.command == "recompute":
         recompute(args.source, args.run_dir)

@@ -23,6 +23,13 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILES = ("smoke", "cpu", "laptop", "gpu", "gpu-gsm8k")
+# Seconds per stage on 2 CPU cores, shown at the top of each notebook so a student knows what a run costs:
+# cpu from a fresh clone's `make demo` (docs/demo_times.json), smoke from `python -m mdlab demo --profile smoke`
+# on 2 busy cores. Other profiles have no laptop measurement (laptop: <= 2.5 h in all, not yet run end to end).
+STAGE_SECONDS = {
+    "smoke": {"generate": 18, "curate": 13, "train": 25, "evaluate": 17, "report": 11},
+    "cpu": {"generate": 13, "curate": 5, "train": 671, "evaluate": 239, "report": 9},
+}
 
 
 class ConfigError(ValueError):
@@ -153,6 +160,22 @@ def load(profile: str | os.PathLike = "smoke", overrides: dict[str, Any] | None 
         where = path if not overrides else f"{path} with overrides {sorted(overrides)}"
         built[section] = _build(cls, section, values, where)
     return Profile(name=raw.get("name", path.stem), path=path, **built)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def expected_time(profile: Profile, stage: str) -> str:
+    """One line for a notebook's top: how long its stage takes with this profile on a 2-core laptop."""
+    measured = STAGE_SECONDS.get(profile.name, {})
+    if stage not in measured:
+        return f"profile {profile.name}: this notebook has not been timed on a laptop with it"
+    committed = CONFIG_DIR / f"{profile.name}.yaml"
+    edited = profile.path is not None and profile.path.resolve() != committed.resolve()
+    return (f"profile {profile.name}: about {_duration(measured[stage])} for this notebook on a 2-core laptop "
+            f"({_duration(sum(measured.values()))} for all five)"
+            + (f"; measured for configs/{profile.name}.yaml, this run reads {profile.path}" if edited else ""))
 
 
 def write_profile(profile: str | os.PathLike, overrides: dict[str, Any], target: str | os.PathLike) -> Path:

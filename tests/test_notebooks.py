@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mdlab.__main__ import STAGES
+from mdlab.__main__ import STAGES, _ipc_kernel_manager, course
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [ROOT / "notebooks" / name for name in STAGES.values()]
@@ -28,10 +28,21 @@ def test_committed_notebook_is_stripped_and_drives_only(path):
     assert "env_report()" in code[0].source, "the first code cell prints versions and device"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "profile" in params[0].source and "run_dir" in params[0].source
+    assert params[0].source.startswith('profile = "cpu"'), "a person opening the notebook gets the real run"
+    stage = next(stage for stage, name in STAGES.items() if name == path.name)
+    assert f'config.expected_time(prof, "{stage}")' in code[code.index(params[0]) + 1].source
     for cell in code:  # anything reusable lives in mdlab/, not in a notebook
         lines = cell.source.splitlines()
         assert not any(line.startswith(("def ", "class ", "async def ")) for line in lines), \
             f"{path.name} defines a function or class; move it into mdlab/"
+
+
+def test_expected_time_is_measured_per_profile():
+    from mdlab import config
+
+    assert config.expected_time(config.load("cpu"), "train") == \
+        "profile cpu: about 11 min for this notebook on a 2-core laptop (16 min for all five)"
+    assert "not been timed" in config.expected_time(config.load("gpu"), "train")
 
 
 def _demo(run_dir: Path) -> subprocess.CompletedProcess:
@@ -40,12 +51,18 @@ def _demo(run_dir: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
-def test_smoke_demo_runs_all_notebooks_then_reuses_them(tmp_path):
-    run_dir = tmp_path / "smoke"
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke demo shared by the slow tests below: (run directory, the finished process, seconds)."""
+    run_dir = tmp_path_factory.mktemp("demo") / "smoke"
     start = time.perf_counter()
-    first = _demo(run_dir)
-    first_seconds = time.perf_counter() - start
+    done = _demo(run_dir)
+    return run_dir, done, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run):
+    run_dir, first, first_seconds = smoke_run
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
     for name in STAGES.values():
         assert (run_dir / "notebooks" / name).exists()
@@ -99,6 +116,93 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(tmp_path):
     _mdlab("docs", "--run", str(run_dir), "--out", str(out))
     assert json.loads((out / "results.json").read_text()) == json.loads((run_dir / "results.json").read_text())
     assert {p.name for p in out.glob("*.png")} == {p.name for p in (run_dir / "figures").glob("*.png")}
+
+
+def _exercises(nb) -> list[tuple[str, str, str]]:
+    """(grade id, solution cell source, check cell source) of each exercise, from nbgrader's cell metadata."""
+    cells = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells if "nbgrader" in c.metadata}
+    return [(gid, source, cells[f"{gid}-check"]) for gid, source in cells.items() if not gid.endswith("-check")]
+
+
+def _solution_lines(source: str) -> list[str]:
+    inside, out = False, []
+    for line in source.splitlines():
+        if line.strip() in ("### BEGIN SOLUTION", "### END SOLUTION"):
+            inside = line.strip() == "### BEGIN SOLUTION"
+        elif inside and line.strip():
+            out.append(line.strip())
+    return out
+
+
+# exercises whose check needs only mdlab, not a run directory: executed here, the solution and the stub
+SELF_CONTAINED = ("ex01-extract", "ex01-program", "ex02-sandbox", "ex03-qlora", "ex04-vote", "ex04-acck",
+                  "ex04-binomial")
+
+
+def test_course_student_copies_stub_every_solution_and_keep_every_check(tmp_path):
+    course(tmp_path)
+    ran = []
+    for name in STAGES.values():
+        committed = (ROOT / "notebooks" / name).read_bytes()
+        assert (tmp_path / "instructor" / name).read_bytes() == committed
+        instructor = _exercises(nbformat.reads(committed.decode(), as_version=4))
+        student_nb = nbformat.read(tmp_path / "student" / name, as_version=4)
+        student = {gid: (solution, check) for gid, solution, check in _exercises(student_nb)}
+        assert 2 <= len(instructor) <= 4, f"{name}: {len(instructor)} exercises"
+        text = "\n".join(c.source for c in student_nb.cells)
+        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+        code = [c for c in student_nb.cells if c.cell_type == "code"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in code), f"{name}: outputs left"
+        for gid, solution, check in instructor:
+            answer = _solution_lines(solution)
+            assert answer and "assert" in check, f"{name} {gid}: a solution block and a check with asserts"
+            leaked = [line for line in answer if line in text]
+            assert not leaked, f"{name} {gid}: the student copy shows solution lines {leaked}"
+            assert student[gid][1] == check, f"{name} {gid}: the check cell changed"
+            assert student[gid][0].endswith("raise NotImplementedError()")
+            if gid not in SELF_CONTAINED:
+                continue
+            for version, source in (("solution", solution), ("stub", student[gid][0])):
+                namespace: dict = {}
+                exec("from mdlab import answers, data, evaluate, sandbox, train", namespace)
+                try:
+                    exec(source, namespace)
+                except NotImplementedError:
+                    assert version == "stub"
+                try:
+                    exec(check, namespace)
+                    passed = True
+                except (AssertionError, NameError):
+                    passed = False
+                assert passed == (version == "solution"), f"{name} {gid}: the check's verdict on the {version}"
+            ran.append(gid)
+    assert sorted(ran) == sorted(SELF_CONTAINED)
+
+
+@pytest.mark.slow
+def test_instructor_checks_pass_and_student_checks_fail_on_a_smoke_run(smoke_run, tmp_path):
+    """The demo ran notebooks/ (the instructor copies, byte for byte): every check cell ran cleanly. The student
+    copy of 05, run on the same directory with errors allowed, fails every check and nothing else."""
+    import nbclient
+
+    run_dir, demo, _ = smoke_run
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    for name in STAGES.values():
+        executed = nbformat.read(run_dir / "notebooks" / name, as_version=4)
+        checks = [c for c in executed.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        assert checks and all(c.execution_count for c in checks), f"{name}: a check cell did not run"
+        assert not any(o.output_type == "error" for c in checks for o in c.outputs), name
+    course(tmp_path)
+    nb = nbformat.read(tmp_path / "student" / STAGES["report"], as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = f'profile = "smoke"\nrun_dir = {str(run_dir)!r}'
+    nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=600,
+                            kernel_manager_class=_ipc_kernel_manager(),
+                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    failed = {c.metadata.get("nbgrader", {}).get("grade_id", c.get("id")) for c in nb.cells
+              if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)}
+    exercises = [(gid, f"{gid}-check") for gid, _, _ in _exercises(nb)]
+    assert failed == {gid for pair in exercises for gid in pair}, failed
 
 
 def _mdlab(*args: str) -> subprocess.CompletedProcess:
