@@ -22,7 +22,7 @@ else
 endif
 PROFILE ?= cpu
 PYTEST_ARGS ?=
-# pip constraints for requirements.txt, e.g. .ci/oldest.txt (the oldest versions requirements.txt claims)
+# pip constraints for requirements.txt (a file of pins, e.g. to test older library versions in a second VENV)
 CONSTRAINTS ?=
 
 # Data resolves through MDLAB_DATA_DIR, then the user cache, then the pinned upstream URLs.
