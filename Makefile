@@ -69,7 +69,7 @@ endef
 # the lines for tests and JupyterLab are left out, since upgrading a hosted kernel's Jupyter breaks it.
 HOST_PY ?= python3
 hosted:
-	sed -E '/^(jupyterlab|playwright|pytest|pytest-timeout|ipykernel|papermill|nbformat)[<>=]/d' requirements.txt \
+	sed -E '/^(jupyterlab|playwright|pytest|pytest-timeout|ipykernel|papermill|nbformat|nbconvert)[<>=]/d' requirements.txt \
 	  | $(HOST_PY) -m pip install -q -r /dev/stdin
 	$(call install_mdlab,$(HOST_PY) -m pip)
 

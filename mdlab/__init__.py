@@ -11,10 +11,28 @@ Submodules are imported on first use (``from mdlab import train``) so that impor
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import platform
 import sys
 
 __version__ = "0.1.0"
+
+# bitsandbytes logs this when imported (by env_report, peft) on a CPU with AVX512-BF16 and no optional `kernels`
+# package; its own CPU code runs instead, so the red line in every notebook says nothing to act on
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda r: "kernels-community" not in r.getMessage())
+
+if os.environ.get("MDLAB_HEADLESS"):  # set by `python -m mdlab demo` for its kernels (papermill)
+    import tqdm.auto
+    import tqdm.std
+
+    class _NoBar(tqdm.std.tqdm):
+        """No progress bars: a saved notebook would show a widget bar frozen at 0%, or every text update."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    tqdm.auto.tqdm = _NoBar  # before transformers, datasets and mdlab's stages import it
 
 _STAGES = ("config", "data", "answers", "sandbox", "prompts", "teachers", "curate", "models",
            "train", "evaluate", "plots", "runs")
@@ -60,3 +78,20 @@ def env_report(file=None) -> dict:
     for key, value in report.items():
         print(f"{key:<{width}}  {value}", file=file or sys.stdout)
     return report
+
+
+def html_table(frame):
+    """A DataFrame as an HTML table that needs no CSS, so it survives an untrusted notebook (which drops
+    ``<style>``): text escaped, its line breaks and indentation kept, cells aligned left and top."""
+    import html
+
+    from IPython.display import HTML
+
+    def cell(tag: str, value) -> str:
+        text = html.escape(str(value)).replace("\n", "<br>").replace("  ", "&nbsp;&nbsp;")
+        return f'<{tag} align="left" valign="top"><div align="left">{text}</div></{tag}>'
+
+    frame = frame.reset_index() if any(frame.index.names) else frame
+    rows = ["<tr>" + "".join(cell("th", c) for c in frame.columns) + "</tr>"]
+    rows += ["<tr>" + "".join(cell("td", v) for v in row) + "</tr>" for row in frame.itertuples(index=False)]
+    return HTML("<table>" + "".join(rows) + "</table>")

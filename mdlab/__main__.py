@@ -6,7 +6,8 @@ and ends with the headline table and the figure paths. A stage whose notebook fi
 before with the same notebook and profile is skipped, so a second ``make demo`` takes
 seconds; an interrupted one resumes, because every stage appends to resumable stores.
 ``<stage> --config configs/X.yaml`` runs one stage's notebook the same way. Running the
-notebooks themselves, rather than a second copy of their logic, keeps one code path.
+notebooks themselves, rather than a second copy of their logic, keeps one code path. ``pack RUN`` ships a
+finished run to a class (a .tar.gz without checkpoints); ``html --run RUN`` renders its executed notebooks.
 ``course --out DIR`` writes a class's copies: ``DIR/student/`` with every exercise's solution
 (nbgrader's ``### BEGIN SOLUTION`` ... ``### END SOLUTION``) replaced by a stub, and ``DIR/instructor/``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -99,6 +101,7 @@ def run_stage(stage: str, profile: str, run_dir: Path, *, force: bool = False, l
     log(f"[{stage}] running {notebook.name} -> {out_dir / notebook.name}")
     start = time.perf_counter()
     offered = {"profile": str(profile), "run_dir": str(run_dir.resolve()), "interactive": False}
+    os.environ["MDLAB_HEADLESS"] = "1"  # the kernels' `import mdlab` turns progress bars off (mdlab/__init__.py)
     declared = papermill.inspect_notebook(str(notebook))  # only what its parameters cell names: no warnings
     papermill.execute_notebook(
         str(notebook), str(out_dir / notebook.name),
@@ -167,11 +170,10 @@ def docs(run_dir: Path, out: Path = ROOT / "docs", *, raw: bool = False) -> list
                 *sorted((run_dir / "figures").glob("*.png"))]:
         if src.exists():
             copied.append(Path(shutil.copy(src, out / src.name)))
+    results = out / "results.md"  # its figure links point into figures/; here the figures sit beside it
+    results.write_text(results.read_text().replace("](figures/", "]("))
     if raw:
-        from mdlab import config
-
-        times = run_dir / "demo_times.json"
-        profile = config.profile_path(json.loads(times.read_text())["profile"] if times.exists() else run_dir.name)
+        profile = _profile(run_dir)
         for src in [run_dir / "curated.jsonl", *sorted(run_dir.glob("students/*/samples.jsonl")),
                     *sorted(run_dir.glob("students/*/transfer/*/samples.jsonl"))]:
             target = out / src.relative_to(run_dir).with_name(src.name + ".gz")
@@ -189,6 +191,69 @@ def docs(run_dir: Path, out: Path = ROOT / "docs", *, raw: bool = False) -> list
     return copied
 
 
+def _profile(run_dir: Path) -> Path:
+    """The profile file a run was made with (the demo records its name), else the one named like the run."""
+    from mdlab import config
+
+    times = run_dir / "demo_times.json"
+    return config.profile_path(json.loads(times.read_text())["profile"] if times.exists() else run_dir.name)
+
+
+# trainer checkpoints; notebook 05's cache of recorded GPT-3.5 CoTs (rebuilt offline in seconds); the demo's stage
+# markers (they fingerprint file times, which unpacking changes)
+PACK_SKIP = {"checkpoints", "teacher_sc", ".stages"}
+
+
+def pack(run_dir: Path, out: Path | None = None) -> Path:
+    """A run as ``<name>.tar.gz`` without checkpoints: adapters, samples, rationales, decisions, manifests,
+    figures, results, executed notebooks and the profile. Unpacked (``tar xzf <name>.tar.gz -C runs/``), any
+    notebook starts from it with ``run_dir = "runs/<name>"``."""
+    import tarfile
+
+    if not (run_dir / "manifest.json").exists():
+        raise SystemExit(f"{run_dir}/manifest.json does not exist: not a run directory")
+    out = (out or run_dir.with_name(run_dir.name + ".tar.gz")).absolute()
+    profile = _profile(run_dir)
+
+    def keep(info):
+        parts = Path(info.name).parts[1:]
+        return None if PACK_SKIP & set(parts) or any(".tmp" in part for part in parts) else info
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(run_dir, arcname=run_dir.name, filter=keep)
+        if not (run_dir / "profile.yaml").exists() and profile.exists():
+            tar.add(profile, arcname=f"{run_dir.name}/profile.yaml")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); unpack it with: tar xzf {out.name} -C runs/")
+    return out
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def html(run_dir: Path, out: Path) -> list[Path]:
+    """The executed notebooks of a run (``<run>/notebooks/``, written by the demo) as HTML pages in ``out``,
+    without widget views (their saved state has no kernel behind it)."""
+    import nbconvert
+    import nbformat
+
+    sources = [run_dir / "notebooks" / name for name in STAGES.values() if (run_dir / "notebooks" / name).exists()]
+    if not sources:
+        raise SystemExit(f"{run_dir / 'notebooks'} holds no executed notebook: run `python -m mdlab demo` first")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in sources:
+        nb = nbformat.read(src, as_version=4)
+        nb.metadata.pop("widgets", None)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs if WIDGET not in o.get("data", {})]
+        written.append(out / f"{src.stem}.html")
+        written[-1].write_text(nbconvert.HTMLExporter().from_notebook_node(nb)[0], encoding="utf-8")
+    print("\n".join(f"wrote {p}" for p in written))
+    return written
+
+
 def recompute(source: Path, run_dir: Path | None = None) -> Path:
     """Rebuild a report from ``docs``' raw material (``docs --raw``): unpack into a run directory, run stage 05."""
     import gzip
@@ -198,7 +263,8 @@ def recompute(source: Path, run_dir: Path | None = None) -> Path:
 
     if not (source / "profile.yaml").exists():
         raise SystemExit(f"{source}/profile.yaml is missing: {source} was not written by `python -m mdlab docs --raw`")
-    run_dir = runs.run_dir(run_dir or Path("runs") / f"{source.name}-recomputed")
+    run_dir = runs.run_dir(run_dir or f"{source.name}-recomputed")
+    run_dir.mkdir(parents=True, exist_ok=True)
     for src in source.rglob("*"):
         relative = src.relative_to(source)
         if src.is_dir() or relative.parts[0] not in ("students", "curated.jsonl.gz"):
@@ -258,12 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--force", action="store_true", help="re-execute finished stages")
     demo_parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[], help=SET_HELP)
     docs_parser = sub.add_parser("docs", help="copy a finished run's figures and table into docs/")
-    docs_parser.add_argument("--run", type=Path, default=Path("runs/cpu"))
+    docs_parser.add_argument("--run", default="cpu", help="a run name (runs/<name>) or directory; default: cpu")
     docs_parser.add_argument("--out", type=Path, default=ROOT / "docs", help="default: docs/")
     docs_parser.add_argument("--raw", action="store_true",
                              help="also the compressed samples, student manifests, curated rationales and profile")
     course_parser = sub.add_parser("course", help="write student (solutions stubbed) and instructor notebooks")
     course_parser.add_argument("--out", type=Path, required=True, help="writes OUT/student/ and OUT/instructor/")
+    pack_parser = sub.add_parser("pack", help="a run as a .tar.gz without checkpoints, to ship to a class")
+    pack_parser.add_argument("run", help="a run name (runs/<name>) or directory")
+    pack_parser.add_argument("--out", type=Path, default=None, help="default: <run directory>.tar.gz")
+    html_parser = sub.add_parser("html", help="a run's executed notebooks as HTML pages, to read without running")
+    html_parser.add_argument("--run", default="cpu", help="a run name (runs/<name>) or directory; default: cpu")
+    html_parser.add_argument("--out", type=Path, default=ROOT / "docs" / "notebooks",
+                             help="default: docs/notebooks/")
     recompute_parser = sub.add_parser("recompute", help="rebuild a report from `docs --raw` output, no adapters")
     recompute_parser.add_argument("source", type=Path, help="e.g. docs/laptop")
     recompute_parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<source>-recomputed")
@@ -295,8 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_stage(args.command, profile, run_dir, force=args.force)
         return 0
-    if args.command == "docs":
-        docs(args.run, args.out, raw=args.raw)
+    if args.command in ("docs", "pack", "html"):
+        from mdlab import runs
+
+        run_dir = runs.run_dir(args.run)
+        if args.command == "docs":
+            docs(run_dir, args.out, raw=args.raw)
+        else:
+            (pack if args.command == "pack" else html)(run_dir, args.out)
         return 0
     if args.command == "course":
         course(args.out)

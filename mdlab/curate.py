@@ -161,7 +161,10 @@ def _as_rationale(record: Any) -> teachers.Rationale:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write a whole derived file via a temporary file and a rename (readers never see half)."""
+    """Write a whole derived file via a temporary file and a rename (readers never see half). An unchanged file
+    is left alone: the demo's stage fingerprints read its time (notebook 03 rewrites ``curated.jsonl``)."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -80,6 +80,7 @@ import json
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -542,6 +543,11 @@ def _base_model_of(path: Path) -> str | None:
     return None
 
 
+def short_tag(tag: str) -> str:
+    """A model tag for people: ``md`` for ``md:24fc023af6b2`` (the training fingerprint stays in the samples)."""
+    return re.sub(r":[0-9a-f]{12}$", "", tag)
+
+
 def _adapter_tag(adapter: Path) -> str:
     """Model tag of a student: its name and its training fingerprint (or a hash of the adapter files)."""
     name = adapter.parent.name if adapter.name == "adapter" else adapter.name
@@ -698,7 +704,8 @@ def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int,
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(len(job.indices) for job in jobs), desc=f"{engine.tag} {mode}", unit="path")
+            bar = tqdm(total=sum(len(job.indices) for job in jobs), desc=f"{short_tag(engine.tag)} {mode}",
+                       unit="path")
         generate_kwargs = {"temperature": params["temperature"], "top_p": params["top_p"],
                            "max_new_tokens": params["max_new_tokens"]}
         if isinstance(engine, OpenAIBackend):
@@ -1092,9 +1099,10 @@ def summary(samples):
     if frame.empty:
         return frame
     frame["kind"] = frame["index"].map(lambda i: "greedy" if i < 0 else "sampled")
-    return frame.groupby(["model", "mode", "kind"]).agg(
+    frame["student"] = frame["model"].map(short_tag)
+    return frame.groupby(["student", "mode", "kind"], sort=False).agg(
         paths=("text", "size"), answered=("answer", lambda a: a.notna().mean()),
-        eos=("finish", lambda f: (f == "eos").mean()), tokens=("tokens", "mean")).reset_index()
+        eos=("finish", lambda f: (f == "eos").mean()), tokens=("tokens", "mean")).reset_index().round(2)
 
 
 def select(samples, config: EvalConfig, *, model: str | None = None, problems=None) -> list[Sample]:

@@ -25,10 +25,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Literal
 
 from mdlab.data import cache_dir
+
+# peft reads this deprecated transformers property whenever it wraps a model (training, loading an adapter)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Quant = Literal["auto", "none", "nf4"]

@@ -308,3 +308,9 @@ def write_report(run_dir: str | os.PathLike, curves, greedy, *, data: str, stude
     blob = evaluate.results(curves, greedy, comparisons, transfer)
     paths["results_json"].write_text(json.dumps(blob, indent=1))
     return paths
+
+
+def results_markdown(path: str | os.PathLike) -> str:
+    """``results.md`` for a notebook, without its figure links: they resolve from the run directory, not from the
+    notebook's folder (the notebook shows the figures itself)."""
+    return "".join(line for line in Path(path).read_text().splitlines(True) if not line.startswith("!["))

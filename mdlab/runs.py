@@ -22,16 +22,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-RUNS_ROOT = Path(os.environ.get("MDLAB_RUNS", "runs"))
+# The checkout that holds configs/ (where `make demo` runs): relative run directories resolve here, not in the
+# current directory, which is notebooks/ for a Jupyter kernel.
+PROJECT = Path(__file__).resolve().parent.parent
+if not (PROJECT / "configs").is_dir():  # mdlab installed without its checkout
+    PROJECT = Path.cwd()
+RUNS_ROOT = PROJECT / os.environ.get("MDLAB_RUNS", "runs")
 
 
 def run_dir(name_or_path: str | os.PathLike) -> Path:
-    """The run directory for a name (under ``runs/``) or a path; created if missing."""
-    path = Path(name_or_path)
-    if not path.is_absolute() and len(path.parts) == 1 and not path.exists():
-        path = RUNS_ROOT / path
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The absolute run directory of a name (under ``$MDLAB_RUNS``, default ``<project>/runs``) or a path.
+
+    A relative path is taken from the project root, so ``"runs/cpu"`` means the same in a notebook
+    kernel (started in ``notebooks/``) as in ``make demo``. Nothing is created: stages that write do so.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_absolute():
+        return path
+    return (RUNS_ROOT if len(path.parts) == 1 else PROJECT) / path
 
 
 def _jsonable(value: Any) -> Any:

@@ -1530,7 +1530,10 @@ def _common(config: TeacherConfig, run_dir, progress: bool) -> dict:
 
 
 def table(rationales: Sequence[Rationale], problems: Sequence[Problem] | None = None):
-    """One row per rationale (pandas), with ``correct`` against the gold answer when problems are given."""
+    """One row per rationale (pandas), with ``correct`` against the gold answer when problems are given.
+
+    ``text`` is on one line (line breaks shown as ``⏎``) so that a table cell shows it; ``load`` has the
+    rationales as written."""
     import pandas as pd
 
     gold = {p.id: p for p in problems or ()}
@@ -1538,7 +1541,7 @@ def table(rationales: Sequence[Rationale], problems: Sequence[Problem] | None = 
     for r in rationales:
         row = {"teacher": r.teacher, "mode": r.mode, "problem_id": r.problem_id, "sample": r.sample,
                "status": r.status, "answer": r.answer, "cost": r.cost,
-               "tokens": sum((r.tokens or {}).values()), "text": r.text}
+               "tokens": sum((r.tokens or {}).values()), "text": r.text.strip().replace("\n", " ⏎ ")}
         if r.problem_id in gold:
             row["gold"] = gold[r.problem_id].answer
             row["correct"] = answers.same(r.answer, gold[r.problem_id].answer)
@@ -1564,7 +1567,7 @@ def summary(rationales: Sequence[Rationale], problems: Sequence[Problem]):
         rows.append({"teacher": teacher, "mode": mode, "rationales": len(group), "problems": covered,
                      "missed": max(0, asked - covered), "ok": int((group["status"] == "ok").sum()),
                      "correct": int(group.get("correct", pd.Series(dtype=bool)).sum()),
-                     "accuracy": float(group.get("correct", pd.Series(dtype=bool)).mean()),
+                     "accuracy": round(float(group.get("correct", pd.Series(dtype=bool)).mean()), 3),
                      "statuses": ", ".join(f"{k} {v}" for k, v in group["status"].value_counts().items()),
                      "cost": float(group["cost"].sum())})
     return pd.DataFrame(rows)

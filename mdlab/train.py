@@ -597,7 +597,14 @@ def _truncate_loss(path: Path, step: int) -> int:
 
 def _callbacks():
     """TrainerCallback classes, built on first use so importing mdlab.train stays light."""
-    from transformers import TrainerCallback
+    from transformers import ProgressCallback, TrainerCallback
+
+    class Progress(ProgressCallback):
+        """The trainer's tqdm bar over optimizer steps, without a printed line (or notebook table row) per log:
+        loss.csv and the loss plot have them."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
 
     class LossCSV(TrainerCallback):
         """Appends one row per log to loss.csv (rank 0), flushed so a kill loses nothing logged."""
@@ -633,7 +640,7 @@ def _callbacks():
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds = time.perf_counter() - (self.start or time.perf_counter())
 
-    return LossCSV, Steps
+    return LossCSV, Steps, Progress
 
 
 def _fingerprint(config: TrainConfig, rows: list[dict], base: dict, student: str) -> str:
@@ -793,11 +800,15 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=config.target_modules, task_type="CAUSAL_LM")
     dataset = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    LossCSV, Steps = _callbacks()
+    LossCSV, Steps, Progress = _callbacks()
     steps = Steps()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config,
                          callbacks=[LossCSV(loss_path, tokens_before), steps, *(callbacks or [])])
+    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # in a notebook: a table row per logged step
+
+    trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)
+    trainer.add_callback(Progress)
     if resume:
         print(f"{student}: resuming from {resume.name} (step {resumed_from})")
     threads = torch.get_num_threads()
@@ -887,7 +898,7 @@ def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
                      "loss_first3": float(head.mean()) if len(head) else math.nan,
                      "loss_last3": float(tail.mean()) if len(tail) else math.nan,
                      "train_seconds": m["train_seconds"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(3)
 
 
 def plot_losses(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS, *, path: str | None = None) -> Path:

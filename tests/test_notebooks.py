@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,6 +46,49 @@ def test_expected_time_is_measured_per_profile():
     assert "not been timed" in config.expected_time(config.load("gpu"), "train")
 
 
+HEADLESS = """
+import mdlab, bitsandbytes, tqdm.auto
+print(tqdm.auto.tqdm(range(3)).disable)
+"""
+
+
+def test_headless_kernels_have_no_progress_bars_and_bitsandbytes_is_quiet():
+    """`python -m mdlab demo` sets MDLAB_HEADLESS for its kernels: a widget bar would be saved frozen at 0%.
+    bitsandbytes' note about the optional `kernels` package (CPUs with AVX512-BF16) is not shown."""
+    env = {**os.environ, "MDLAB_HEADLESS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", HEADLESS], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True"] and "kernels-community" not in done.stderr, done.stderr[-3000:]
+
+
+def test_html_table_needs_no_css():
+    import pandas as pd
+
+    import mdlab
+
+    frame = pd.DataFrame({"problem": ["p1"], "pot": ["x = 1 < 2\nif x:\n    ans = 3"]}).set_index("problem")
+    html = mdlab.html_table(frame).data
+    assert "<style" not in html and " style=" not in html and "p1" in html  # the index is a column
+    assert "x = 1 &lt; 2<br>if x:<br>&nbsp;&nbsp;&nbsp;&nbsp;ans = 3" in html
+
+
+WIDGET = "application/vnd.jupyter.widget"
+NOISE = ["kernels-community", "FutureWarning", WIDGET, "Training Loss", "](figures/"]
+
+
+def _outputs(path: Path) -> str:
+    """Everything a notebook's code cells printed or displayed (images left out), and its metadata."""
+    nb = nbformat.read(path, as_version=4)
+    parts = [json.dumps(nb.metadata)]
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts += [f"{mime} {value}" for mime, value in out.get("data", {}).items()
+                      if not mime.startswith("image/")]
+    return "\n".join(parts)
+
+
 def _demo(run_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "mdlab", "demo", "--profile", "smoke", "--run-dir", str(run_dir)],
@@ -61,11 +105,15 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run):
+@pytest.mark.timeout(1800)  # the shared smoke demo runs in this test's setup
+def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run, tmp_path):
     run_dir, first, first_seconds = smoke_run
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
     for name in STAGES.values():
-        assert (run_dir / "notebooks" / name).exists()
+        shown = _outputs(run_dir / "notebooks" / name)
+        assert not [noise for noise in NOISE if noise in shown], (name, [n for n in NOISE if n in shown])
+        assert not re.search(r"seed \d{8}|\b(md|cot|pot):[0-9a-f]{12}\b", shown), f"{name}: seeds or hashes"
+    assert "num_rounds = 2<br>" in _outputs(run_dir / "notebooks" / STAGES["generate"])  # side by side
     for artifact in ("rationales.jsonl", "manifest.json", "curves.csv", "results.md"):
         assert (run_dir / artifact).exists(), f"{artifact} missing after the smoke demo"
     assert list(run_dir.glob("students/*/adapter/adapter_config.json")), "no trained adapter"
@@ -102,12 +150,12 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run):
     assert again["reused"] == list(STAGES), "finished stages were not reused"
     assert again["stages"] == times["stages"], "a reused stage lost the time of the run that produced it"
 
-    # one stage from the shell, forced: the stages below it are no longer finished, those above are
+    # one stage from the shell, forced: the stages below it are no longer finished; it and those above are
     stage = _mdlab("evaluate", "--config", "smoke", "--run-dir", str(run_dir), "--force")
     assert "[evaluate] running 04_self_consistency.ipynb" in stage.stdout, stage.stdout[-2000:]
     third = _demo(run_dir)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert json.loads((run_dir / "demo_times.json").read_text())["reused"] == ["generate", "curate", "train"]
+    assert json.loads((run_dir / "demo_times.json").read_text())["reused"] == list(STAGES)[:-1]
     assert "[report] running 05_results.ipynb" in third.stdout
 
     listing = _mdlab("datasets").stdout
@@ -116,6 +164,33 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run):
     _mdlab("docs", "--run", str(run_dir), "--out", str(out))
     assert json.loads((out / "results.json").read_text()) == json.loads((run_dir / "results.json").read_text())
     assert {p.name for p in out.glob("*.png")} == {p.name for p in (run_dir / "figures").glob("*.png")}
+    assert "](greedy.png)" in (out / "results.md").read_text()  # the figures sit beside it there
+
+    # the executed notebooks as HTML pages to read; widget views saved by an interactive run are left out
+    executed = run_dir / "notebooks" / STAGES["generate"]
+    nb = nbformat.read(executed, as_version=4)
+    nb.cells[-1].outputs.append(nbformat.v4.new_output("display_data", {WIDGET + "-view+json": {"model_id": "0"}}))
+    nbformat.write(nb, executed)
+    _mdlab("html", "--run", str(run_dir), "--out", str(tmp_path / "html"))
+    pages = sorted((tmp_path / "html").glob("*.html"))
+    assert [p.stem for p in pages] == [Path(name).stem for name in STAGES.values()]
+    for page in pages:
+        text = page.read_text()
+        assert f"run directory: {run_dir}" in text and WIDGET not in text, page.name
+
+    # shipped to a class: no checkpoints, and notebook 04 starts from the unpacked run, reusing its samples
+    (run_dir / "students" / "md" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run_dir / "students" / "md" / "checkpoints" / "checkpoint-2" / "optimizer.pt").write_bytes(b"0" * 1000)
+    packed = _mdlab("pack", str(run_dir), "--out", str(tmp_path / "class.tar.gz"))
+    assert "MB)" in packed.stdout, packed.stdout
+    (tmp_path / "class").mkdir()
+    subprocess.run(["tar", "xzf", str(tmp_path / "class.tar.gz"), "-C", str(tmp_path / "class")], check=True)
+    unpacked = tmp_path / "class" / run_dir.name
+    assert not list(unpacked.rglob("checkpoint*")) and list(unpacked.glob("students/*/adapter/*.safetensors"))
+    samples = {p: p.read_bytes() for p in unpacked.glob("students/*/samples.jsonl")}
+    again = _mdlab("evaluate", "--config", str(unpacked / "profile.yaml"), "--run-dir", str(unpacked))
+    assert "[evaluate] running 04_self_consistency.ipynb" in again.stdout, again.stdout[-2000:]
+    assert samples and {p: p.read_bytes() for p in samples} == samples, "notebook 04 sampled again"
 
 
 def _exercises(nb) -> list[tuple[str, str, str]]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,7 +84,30 @@ def test_manifest_merges_stages(tmp_path):
 def test_run_dir_names_and_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "RUNS_ROOT", tmp_path / "runs")
     assert runs.run_dir("smoke") == tmp_path / "runs" / "smoke"
-    assert runs.run_dir(tmp_path / "elsewhere").is_dir()
+    assert runs.run_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    assert runs.run_dir("runs/cpu") == runs.PROJECT / "runs" / "cpu"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "elsewhere").exists()  # resolving creates nothing
+
+
+KERNEL = """
+from mdlab import curate, runs
+print(runs.run_dir("cpu"))
+print(runs.run_dir("runs/mdlab-test-absent"))
+curate.load_rationales(runs.run_dir("runs/mdlab-test-absent"))
+"""
+
+
+def test_relative_run_dir_from_a_kernel_in_notebooks(tmp_path):
+    """A Jupyter kernel starts in notebooks/: "runs/x" still means <project>/runs/x (as for `make demo`), a bare
+    name lives under $MDLAB_RUNS, the error names the absolute path, and reading creates no folder."""
+    project = Path(runs.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(project), "MDLAB_RUNS": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", KERNEL], cwd=project / "notebooks", env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    absent = project / "runs" / "mdlab-test-absent"
+    assert done.stdout.splitlines() == [str(tmp_path / "cpu"), str(absent)], done.stderr[-2000:]
+    assert f"FileNotFoundError: {absent / 'rationales.jsonl'} does not exist" in done.stderr
+    assert not absent.exists() and not (project / "notebooks" / "runs" / "mdlab-test-absent").exists()
 
 
 def test_any_string_is_stored_lone_surrogates_included(tmp_path):
