@@ -27,8 +27,13 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import dataclasses
 import re
+import textwrap
 from fractions import Fraction
+from typing import Sequence
+
+from mdlab import prompts
 
 ABS_TOL = 1e-3
 REL_TOL = 1e-6
@@ -41,6 +46,7 @@ _ANSWER_IS = re.compile(r"answer\s*(?:is|=|:|would be|will be)\s*:?\s*", re.I)
 _NUM = r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|(?<![\w.])-?\.\d+"
 _NUMBER = re.compile(_NUM)
 _SENTENCE_END = re.compile(r"\.(?!\d)|\n|;|(?<=\d),\s(?=\D)|\bso\b|\bbecause\b", re.I)
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -181,3 +187,91 @@ def same(pred, gold) -> bool:
     if a is None or b is None:
         return False
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+
+
+def _parses(code: str) -> ast.Module | None:
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def clean_program(text: str) -> str:
+    """The program in a PoT answer: the fenced block if any, no prose before or after, dedented.
+
+    Returns "" when nothing in the text parses as Python.
+    """
+    text = (text or "").replace("\r\n", "\n")
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    if blocks:
+        text = next((b for b in blocks if re.search(r"\bans\b", b)), blocks[0])
+    for stop in prompts.STOP["pot"]:  # a completion model's run-on into the next exemplar, once `ans` is set
+        cut = text.find(stop)
+        if cut > 0 and re.search(r"^\s*ans\s*=", text[:cut], re.M):
+            text = text[:cut]
+    lines = textwrap.dedent(text).strip("\n").split("\n")
+    lines = [line.rstrip() for line in lines]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        return ""
+    if _parses("\n".join(lines)):
+        return "\n".join(lines)
+    # prose around the code: try dropping up to 12 leading and 12 trailing lines, longest first
+    best = None
+    for start in range(min(12, len(lines))):
+        for end in range(len(lines), max(start, len(lines) - 12), -1):
+            chunk = textwrap.dedent("\n".join(lines[start:end])).strip("\n")
+            if chunk.strip() and _parses(chunk) and (best is None or len(chunk) > len(best)):
+                best = chunk
+                break
+    return best or ""
+
+
+def has_code(program: str) -> bool:
+    """True when a cleaned program does something: any statement but a bare name or constant."""
+    tree = _parses(program) if program.strip() else None
+    return tree is not None and any(
+        not (isinstance(node, ast.Expr) and isinstance(node.value, (ast.Constant, ast.Name))) for node in tree.body)
+
+
+@dataclasses.dataclass
+class Scored:
+    """What one rationale or sampled path answers, and how it got there."""
+
+    answer: float | None  # None: no number to vote with or to compare
+    status: str  # ok, no_answer, no_code, or the sandbox's status (error, timeout, memory, forbidden)
+    output: str = ""  # a program's stdout (head)
+    error: str | None = None  # why there is no answer, when it is known
+
+
+def score(texts: Sequence[str | None], modes: Sequence[str], *, timeout: float = 5.0, memory_mb: int | None = None,
+          workers: int | None = None, output_chars: int = 2000) -> list[Scored]:
+    """The one scorer: a CoT's answer is ``extract(text)``; a PoT's is its cleaned program run in the sandbox.
+
+    Every program of the call goes to ``sandbox.run_many`` at once, so the pool stays busy.
+    """
+    out: list[Scored | None] = []
+    programs: dict[int, str] = {}
+    for i, (text, mode) in enumerate(zip(texts, modes, strict=True)):
+        if mode == "cot":
+            value = extract(text)
+            out.append(Scored(value, "ok" if value is not None else "no_answer"))
+            continue
+        program = clean_program(text or "")
+        if has_code(program):
+            programs[i] = program
+            out.append(None)
+        else:
+            out.append(Scored(None, "no_code", error="nothing in the text parses as a Python program"))
+    if programs:
+        from mdlab import sandbox
+
+        kwargs = {"timeout": timeout, "memory_mb": memory_mb, "workers": workers}
+        results = sandbox.run_many(list(programs.values()), **{k: v for k, v in kwargs.items() if v is not None})
+        for i, result in zip(programs, results):
+            out[i] = Scored(result.answer if result.status == "ok" else None, result.status,
+                            (result.stdout or "")[:output_chars], result.error)
+    return out

@@ -95,7 +95,7 @@ REASONS: dict[str, str] = {
     "too_long": "check_length",
     "duplicate": "check_duplicates",
 }
-_EXEC_FAILURES = ("error", "timeout", "memory", "forbidden", "no_answer")
+_EXEC_FAILURES = ("error", "timeout", "memory", "forbidden", "no_answer", "no_code")
 ACTIONS = ("keep", "drop", "edit")
 FILTERS = ("mode", "reason", "verdict", "teacher", "dataset")
 VERDICTS = ("keep", "drop", "reviewed", "unreviewed", "edited")
@@ -240,15 +240,9 @@ def _similar(a: str, b: str, threshold: float) -> bool:
             and matcher.ratio() >= threshold)
 
 
-def _execute(programs: list[str], config: CurateConfig) -> list:
-    from mdlab import sandbox
-
-    if not programs:
-        return []
-    kwargs = {"timeout": config.timeout, "memory_mb": config.memory_mb}
-    if config.workers is not None:
-        kwargs["workers"] = config.workers
-    return sandbox.run_many(programs, **kwargs)
+def _score(texts: list[str], modes: list[str], config: CurateConfig) -> list[answers.Scored]:
+    return answers.score(texts, modes, timeout=config.timeout, memory_mb=config.memory_mb, workers=config.workers,
+                         output_chars=_OUTPUT_CHARS)
 
 
 def _answer_reasons(r: teachers.Rationale, row: dict, config: CurateConfig) -> list[str]:
@@ -308,8 +302,7 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
     if bad_modes:
         raise ValueError(f"unknown rationale mode(s) {bad_modes}; expected 'cot' or 'pot'")
 
-    pot_index = [i for i, r in enumerate(rats) if r.mode == "pot"]
-    executed = dict(zip(pot_index, _execute([rats[i].text or "" for i in pot_index], config)))
+    scored = _score([r.text or "" for r in rats], [r.mode for r in rats], config)
     leak_ids, leak_texts = (_leak_sets(by_id.values(), test_problems) if config.check_leakage
                             else (set(), set()))
 
@@ -317,13 +310,7 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
     for i, r in enumerate(rats):
         problem = by_id.get(r.problem_id)
         gold = float(problem.answer) if problem is not None else math.nan
-        if r.mode == "pot":
-            result = executed[i]
-            answer, status = result.answer, result.status
-            output, error = (result.stdout or "")[:_OUTPUT_CHARS], result.error
-        else:
-            answer = answers.extract(r.text)
-            status, output, error = ("ok" if answer is not None else "no_answer"), "", None
+        answer, status, output, error = dataclasses.astuple(scored[i])
         row = {"id": r.id, "problem_id": r.problem_id,
                "dataset": r.dataset or (problem.dataset if problem else ""),
                "mode": r.mode, "teacher": r.teacher, "sample": r.sample,
@@ -558,16 +545,8 @@ def curated(run_dir: str | os.PathLike, *, write: bool = True) -> list[teachers.
 
 def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
     """Answer, status, output and error of an edited rationale (PoT re-executed, CoT re-extracted)."""
-    config = config or CurateConfig()
-    if mode == "pot":
-        from mdlab import sandbox
-
-        result = sandbox.run(text, timeout=config.timeout, memory_mb=config.memory_mb)
-        return {"answer": result.answer, "status": result.status,
-                "output": (result.stdout or "")[:_OUTPUT_CHARS], "error": result.error or ""}
-    answer = answers.extract(text)
-    status = "ok" if answer is not None else "no_answer"
-    return {"answer": answer, "status": status, "output": "", "error": ""}
+    scored = _score([text], [mode], config or CurateConfig())[0]
+    return {**dataclasses.asdict(scored), "error": scored.error or ""}
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 ``sample(model, problems, mode, k=, temperature=, seed=, run_dir=)`` decodes one greedy path
 (``index=-1``) and ``k`` sampled paths (``index=0..k-1``) per problem from the student input
 ``prompts.student_prompt(question, mode)``, the same text training used. A CoT path's answer
-is ``answers.extract(text)``; a PoT path's text is the program (``teachers.clean_program``
+is ``answers.extract(text)``; a PoT path's text is the program (``answers.clean_program``
 drops prose around it), run with ``sandbox.run_many`` in a background thread while the next
 batch is generated. Records go to ``run_dir/samples.jsonl`` (a ``runs.JsonlStore``) batch by
 batch; a rerun, or a run killed halfway, skips every path already there (key: model tag,
@@ -607,26 +607,17 @@ def _key(rec: dict) -> tuple:
 def _finish_batch(jobs: list[Job], completions, tag: str, params: dict, store: runs.JsonlStore,
                   pot_timeout: float, progress, lock: threading.Lock) -> int:
     """Answers for one generated batch (the sandbox for PoT programs), then one durable append."""
-    from mdlab import sandbox
-
     flat = [(job, index, c) for job, group in zip(jobs, completions) for index, c in zip(job.indices, group)
             if c is not None]
-    programs = {j: teachers.clean_program(c.text) for j, (job, _, c) in enumerate(flat)
-                if job.mode == "pot" and c.error is None}
-    runnable = [j for j, program in programs.items() if program]
-    results = dict(zip(runnable, sandbox.run_many([programs[j] for j in runnable], timeout=pot_timeout)))
+    scored = iter(answers.score([c.text for _, _, c in flat if c.error is None],
+                                [job.mode for job, _, c in flat if c.error is None], timeout=pot_timeout))
     records = []
-    for j, (job, index, c) in enumerate(flat):
-        answer, error = None, c.error
+    for job, index, c in flat:
         if c.error is not None:
-            status = "api_error"
-        elif job.mode == "pot" and j not in results:
-            status, error = "no_code", "nothing in the text parses as a Python program"
-        elif job.mode == "pot":
-            answer, status, error = results[j].answer, results[j].status, results[j].error
+            answer, status, error = None, "api_error", c.error
         else:
-            answer = answers.extract(c.text)
-            status = "ok" if answer is not None else "no_answer"
+            s = next(scored)
+            answer, status, error = s.answer, s.status, s.error
         sampled = index >= 0
         records.append(Sample(
             problem_id=job.problem.id, mode=job.mode, index=index, text=c.text, answer=answer, status=status,

@@ -193,7 +193,6 @@ def _norm_text(text: str) -> str:
 
 # ------------------------------------------------------------------------------------ cleaning
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _ANSWER_EXPR = re.compile(r"The answer is\s*(.+?)\s*\.?\s*$", re.S)
 
 
@@ -236,56 +235,6 @@ def clean_palm(text: str) -> str:
         if value is not None:
             return f"{text[:idx]}The answer is {fmt_number(value)}."
     return text
-
-
-def _parses(code: str) -> ast.Module | None:
-    try:
-        return ast.parse(code)
-    except (SyntaxError, ValueError):
-        return None
-
-
-def clean_program(text: str) -> str:
-    """The program in a PoT answer: the fenced block if any, no prose before or after, dedented.
-
-    Returns "" when nothing in the text parses as Python.
-    """
-    text = (text or "").replace("\r\n", "\n")
-    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
-    if blocks:
-        text = next((b for b in blocks if re.search(r"\bans\b", b)), blocks[0])
-    for stop in prompts.STOP["pot"]:  # a completion model's run-on into the next exemplar, once `ans` is set
-        cut = text.find(stop)
-        if cut > 0 and re.search(r"^\s*ans\s*=", text[:cut], re.M):
-            text = text[:cut]
-    lines = textwrap.dedent(text).strip("\n").split("\n")
-    lines = [line.rstrip() for line in lines]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
-        return ""
-    if _parses("\n".join(lines)):
-        return "\n".join(lines)
-    # prose around the code: try dropping up to 12 leading and 12 trailing lines, longest first
-    best = None
-    for start in range(min(12, len(lines))):
-        for end in range(len(lines), max(start, len(lines) - 12), -1):
-            chunk = textwrap.dedent("\n".join(lines[start:end])).strip("\n")
-            if chunk.strip() and _parses(chunk) and (best is None or len(chunk) > len(best)):
-                best = chunk
-                break
-    return best or ""
-
-
-def has_code(program: str) -> bool:
-    """True when a cleaned program does something: an assignment, a function, or a call."""
-    tree = _parses(program) if program.strip() else None
-    if tree is None:
-        return False
-    return any(isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.FunctionDef, ast.Call))
-               for node in ast.walk(tree))
 
 
 # --------------------------------------------------------------------------------- price table
@@ -1347,34 +1296,18 @@ def load(run_dir: str | os.PathLike) -> list[Rationale]:
 
 
 def _finish(completions: list[Completion], exec_timeout: float) -> list[dict]:
-    """Clean, extract or execute, and build the record fields (no ids yet) for a chunk."""
+    """Clean, then score (``answers.score``), and build the record fields (no ids yet) for a chunk."""
     out: list[dict] = []
-    to_run: list[tuple[int, str]] = []
     for c in completions:
         raw = c.raw or ""
-        row = {"completion": c, "raw": raw, "answer": None, "status": c.status, "error": c.error}
-        if c.status == "api_error":
-            row["text"] = ""
-        elif c.mode == "cot":
-            row["text"] = c.text if c.text is not None else clean_cot(raw)
-            row["answer"] = answers.extract(row["text"])
-            row["status"] = "ok" if row["answer"] is not None else "no_answer"
-        else:
-            program = c.text if c.text is not None else clean_program(raw)
-            row["text"] = program
-            if has_code(program):
-                to_run.append((len(out), program))
-            else:
-                row["status"] = "no_code"
-        out.append(row)
-    if to_run:
-        from mdlab import sandbox
-
-        results = sandbox.run_many([program for _, program in to_run], timeout=exec_timeout)
-        for (index, _), result in zip(to_run, results):
-            out[index]["status"] = result.status
-            out[index]["answer"] = result.answer if result.status == "ok" else None
-            out[index]["error"] = result.error
+        text = "" if c.status == "api_error" else c.text if c.text is not None else (
+            clean_cot(raw) if c.mode == "cot" else answers.clean_program(raw))
+        out.append({"completion": c, "raw": raw, "text": text, "answer": None, "status": c.status, "error": c.error})
+    scorable = [row for row in out if row["status"] != "api_error"]
+    scored = answers.score([row["text"] for row in scorable], [row["completion"].mode for row in scorable],
+                           timeout=exec_timeout)
+    for row, s in zip(scorable, scored):
+        row.update(answer=s.answer, status=s.status, error=s.error)
     return out
 
 

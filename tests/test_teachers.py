@@ -48,17 +48,17 @@ def _lines(run_dir: Path) -> list[dict]:
 
 def test_clean_program_strips_fences_prose_and_run_ons():
     fenced = "Here is the code:\n```python\napples = 3\nans = apples * 2\n```\nThis prints 6."
-    assert teachers.clean_program(fenced) == "apples = 3\nans = apples * 2"
+    assert answers.clean_program(fenced) == "apples = 3\nans = apples * 2"
     prose = "Sure! Let me solve it.\napples = 3\nans = apples * 2\nSo the answer is 6."
-    assert teachers.clean_program(prose) == "apples = 3\nans = apples * 2"
+    assert answers.clean_program(prose) == "apples = 3\nans = apples * 2"
     run_on = "apples = 3\nans = apples * 2\n\n# Passage: Tom has 4 pears.\n# Question: How many?\npears = 4"
-    assert teachers.clean_program(run_on) == "apples = 3\nans = apples * 2"
+    assert answers.clean_program(run_on) == "apples = 3\nans = apples * 2"
     # a program whose own comments start with '# Question:' (Codex zero-shot) is not cut
     zero_shot = "import math\n\n# Question: How many?\ndef solver():\n    return 6\nans = solver()"
-    assert teachers.clean_program(zero_shot) == zero_shot
-    assert teachers.clean_program("   \n\n") == ""
-    assert teachers.clean_program("The answer is 6.") == ""
-    assert not teachers.has_code("") and not teachers.has_code("x") and teachers.has_code("ans = 6")
+    assert answers.clean_program(zero_shot) == zero_shot
+    assert answers.clean_program("   \n\n") == ""
+    assert answers.clean_program("The answer is 6.") == ""
+    assert not answers.has_code("") and not answers.has_code("x") and answers.has_code("ans = 6")
 
 
 def test_clean_palm_cuts_run_on_and_evaluates_the_answer_expression():
