@@ -8,7 +8,7 @@ file and section named, not an hour into a run.
 
 Profiles: ``smoke`` (tiny random model, a handful of problems, seconds per stage; tests and
 CI), ``cpu`` (embedded SmolLM2-135M, MD on SVAMP in under 20 minutes; ``make demo``),
-``laptop`` (the paper's comparison at the embedded student's scale, <= 2.5 h on 2 cores),
+``laptop`` (the paper's comparison at the embedded student's scale, 2 h 43 min measured on 2 cores),
 ``gpu`` (a 7B student with QLoRA on the full split) and ``gpu-gsm8k`` (the same on GSM8K).
 """
 
@@ -25,10 +25,11 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROFILES = ("smoke", "cpu", "laptop", "gpu", "gpu-gsm8k")
 # Seconds per stage on 2 CPU cores, shown at the top of each notebook so a student knows what a run costs:
 # cpu from a fresh clone's `make demo` (docs/demo_times.json), smoke from `python -m mdlab demo --profile smoke`
-# on 2 busy cores. Other profiles have no laptop measurement (laptop: <= 2.5 h in all, not yet run end to end).
+# on 2 busy cores, laptop from its one full run. gpu profiles have no laptop measurement.
 STAGE_SECONDS = {
     "smoke": {"generate": 18, "curate": 13, "train": 25, "evaluate": 17, "report": 11},
     "cpu": {"generate": 13, "curate": 5, "train": 671, "evaluate": 239, "report": 9},
+    "laptop": {"generate": 8, "curate": 12, "train": 3469, "evaluate": 6256, "report": 13},
 }
 
 
