@@ -108,7 +108,10 @@ def profile_path(profile: str | os.PathLike) -> Path:
     text = str(profile)
     if text in PROFILES or (not text.endswith((".yaml", ".yml")) and (CONFIG_DIR / f"{text}.yaml").exists()):
         return CONFIG_DIR / f"{text}.yaml"
-    return Path(text)
+    path = Path(text)
+    if not path.is_absolute() and not path.exists() and (CONFIG_DIR.parent / path).exists():
+        return CONFIG_DIR.parent / path  # a notebook's kernel starts in notebooks/; "configs/x.yaml" is the project's
+    return path
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

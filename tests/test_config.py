@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mdlab import config
@@ -67,3 +69,15 @@ def test_cli_set_values_are_yaml(tmp_path):
     written = config.write_profile("cpu", parsed, tmp_path / "profile.yaml")
     again = config.load(written)
     assert again.name == "cpu" and again.train.students == ["md", "pot"] and again.data.test_limit is None
+
+
+def test_relative_profile_path_from_the_notebooks_folder(tmp_path, monkeypatch):
+    # a kernel opened by JupyterLab starts in notebooks/: "configs/cpu.yaml" must still mean the project's file
+    monkeypatch.chdir(config.CONFIG_DIR.parent / "notebooks")
+    assert config.profile_path("configs/cpu.yaml") == config.CONFIG_DIR / "cpu.yaml"
+    assert config.load("configs/cpu.yaml").name == "cpu"
+    (tmp_path / "mine.yaml").write_text((config.CONFIG_DIR / "smoke.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # a file beside the kernel wins over the project's
+    assert config.profile_path("mine.yaml") == Path("mine.yaml")
+    with pytest.raises(config.ConfigError):
+        config.load("configs/missing.yaml")
