@@ -14,8 +14,8 @@
 ``load(name, quant=..., dtype=...)`` applies the policy in design.md: 4-bit NF4 + double
 quantization on CUDA (QLoRA); full-precision weights on CPU, where bitsandbytes 4-bit is ~6x
 slower. The compute dtype comes from the device (``compute_dtype``): bf16 on GPUs that have it,
-fp16 on older ones (T4, V100, RTX 20xx), and on a CPU bf16 only where a short probe finds that
-it multiplies bf16 natively (AVX512-BF16 / AMX: 2-4x the fp32 rate), fp32 elsewhere (most
+fp16 on older ones (T4, V100, RTX 20xx), and on a CPU bf16 only where its flags say that it
+multiplies bf16 natively (AVX512-BF16 / AMX: 2-4x the fp32 rate), fp32 elsewhere (most
 laptops emulate bf16 and would get slower). Nothing here downloads unless the user names a hub
 id that is not cached.
 """
@@ -146,27 +146,18 @@ def device() -> str:
 
 
 @functools.cache
-def cpu_bf16_fast(size: int = 256, seconds: float = 0.05) -> bool:
-    """Whether this CPU multiplies bf16 matrices clearly faster than fp32 (a ~0.2 s probe, run once).
+def cpu_bf16_fast(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively: AVX512-BF16 or AMX in its flags (Linux's /proc/cpuinfo).
 
-    Flags alone do not say it: PyTorch runs bf16 everywhere, but without AVX512-BF16 or AMX it
-    converts in software and is slower than fp32. So time both and require a clear margin.
+    PyTorch runs bf16 on every CPU, but without those units it converts in software and is slower
+    than fp32 (most Intel laptops). A timing probe decided this before; under load it could flip,
+    and with it every number a run produces, so the flags decide: the same machine, the same dtype.
     """
-    import time
-
-    import torch
-
-    def rate(dtype) -> float:
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            count += 1
-        return count / (time.perf_counter() - start)
-
-    return rate(torch.bfloat16) > 1.5 * rate(torch.float32)
+    try:
+        flags = Path(cpuinfo).read_text().split()
+    except OSError:  # macOS, Windows: no native bf16 path in PyTorch's CPU kernels to count on
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def compute_dtype(choice: Dtype = "auto", device_type: str | None = None):

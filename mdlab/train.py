@@ -98,7 +98,7 @@ class TrainConfig:
     # --- model and LoRA
     quant: Literal["auto", "none", "nf4"] = "auto"  # auto = NF4 QLoRA on CUDA, full-precision LoRA on CPU
     # compute dtype (models.compute_dtype): auto = bf16 on GPUs that have it, else fp16 with loss scaling; on a
-    # CPU bf16 weights + bf16 autocast where the CPU multiplies bf16 natively (a probe), else fp32
+    # CPU bf16 weights + bf16 autocast where the CPU multiplies bf16 natively (its flags), else fp32
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     lora_rank: int = 16  # LoRA r
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
