@@ -191,7 +191,7 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run, tmp_path):
     again = json.loads((run_dir / "demo_times.json").read_text())
     assert again["reused"] == list(STAGES), "finished stages were not reused"
     reused = [line.split("]")[0][1:] for line in second.stdout.splitlines() if "finished before" in line]
-    assert reused == list(STAGES) and "running" not in second.stdout, second.stdout[-2000:]
+    assert reused == list(STAGES) and "] running " not in second.stdout, second.stdout[-2000:]
     assert again["stages"] == times["stages"], "a reused stage lost the time of the run that produced it"
 
     # one stage from the shell, forced: the stages below it are no longer finished; it and those above are
