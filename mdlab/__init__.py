@@ -2,7 +2,7 @@
 
 A teacher writes Chain-of-Thought (CoT) and Program-of-Thought (PoT) rationales, bad ones
 are filtered automatically and by hand, a small student learns both modes at once, and it
-answers by voting over several sampled paths. One flat module per stage; see design.md.
+answers by voting over several sampled paths. One flat module per stage; see docs/design.md.
 
 Submodules are imported on first use (``from mdlab import train``) so that importing
 ``mdlab`` itself stays cheap: torch and transformers load only when a stage needs them.

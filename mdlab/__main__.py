@@ -15,11 +15,14 @@ finished run to a class (a .tar.gz without checkpoints); ``html --run RUN`` rend
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -70,16 +73,26 @@ def _fingerprint(stage: str, profile_path: Path, run_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _ipc_kernel_manager():
-    """A kernel manager on local IPC sockets: the default loopback TCP makes every kernel warn about plain text."""
+@contextlib.contextmanager
+def ipc_kernels():
+    """A kernel manager class on local IPC sockets: the default loopback TCP makes every kernel warn about plain
+    text. jupyter_client names the sockets ``<ip>-<port>`` and would put them in the current directory (the
+    project root), where a killed kernel leaves them; here they live in a private temporary folder (0700, so no
+    other user can connect), removed when the block ends."""
     from jupyter_client.manager import AsyncKernelManager
+
+    folder = tempfile.mkdtemp(prefix="mdlab-kernels-")
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(folder, "kernel"))  # for transport "ipc", the socket path prefix
             super().__init__(**kwargs)
 
-    return IPCKernelManager
+    try:
+        yield IPCKernelManager
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_stage(stage: str, profile: str, run_dir: Path, *, force: bool = False, log=print) -> float | None:
@@ -100,14 +113,16 @@ def run_stage(stage: str, profile: str, run_dir: Path, *, force: bool = False, l
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"[{stage}] running {notebook.name} -> {out_dir / notebook.name}")
     start = time.perf_counter()
+    # interactive: notebook 02's switch for its curator widget, which nobody can click in a headless run
     offered = {"profile": str(profile), "run_dir": str(run_dir.resolve()), "interactive": False}
     os.environ["MDLAB_HEADLESS"] = "1"  # the kernels' `import mdlab` turns progress bars off (mdlab/__init__.py)
     declared = papermill.inspect_notebook(str(notebook))  # only what its parameters cell names: no warnings
-    papermill.execute_notebook(
-        str(notebook), str(out_dir / notebook.name),
-        parameters={name: value for name, value in offered.items() if name in declared},
-        kernel_name="python3", kernel_manager_class=_ipc_kernel_manager(), cwd=str(ROOT), progress_bar=False,
-        log_output=False)
+    with ipc_kernels() as manager:
+        papermill.execute_notebook(
+            str(notebook), str(out_dir / notebook.name),
+            parameters={name: value for name, value in offered.items() if name in declared},
+            kernel_name="python3", kernel_manager_class=manager, cwd=str(ROOT), progress_bar=False,
+            log_output=False)
     seconds = time.perf_counter() - start
     marker.parent.mkdir(exist_ok=True)
     marker.write_text(f"{fingerprint} {time.time_ns()}")  # the time: a forced rerun invalidates the stages below
@@ -160,7 +175,6 @@ def docs(run_dir: Path, out: Path = ROOT / "docs", *, raw: bool = False) -> list
     the profile, so that ``python -m mdlab recompute <out>`` rebuilds the report without adapters.
     """
     import gzip
-    import shutil
 
     if not (run_dir / "results.md").exists():
         raise SystemExit(f"{run_dir}/results.md is missing: run `make demo` (or the report stage) first")
@@ -257,7 +271,6 @@ def html(run_dir: Path, out: Path) -> list[Path]:
 def recompute(source: Path, run_dir: Path | None = None) -> Path:
     """Rebuild a report from ``docs``' raw material (``docs --raw``): unpack into a run directory, run stage 05."""
     import gzip
-    import shutil
 
     from mdlab import runs
 
@@ -293,8 +306,6 @@ def student_source(source: str) -> str:
 
 def course(out: Path) -> list[Path]:
     """``out/instructor/``: the notebooks as committed; ``out/student/``: solutions stubbed, outputs stripped."""
-    import shutil
-
     import nbformat
 
     written = []

@@ -1,7 +1,7 @@
 """Problems, the dataset registry, splits, and file resolution with sha256 checks.
 
 ``data.load(name, split)`` returns ``Problem`` records for SVAMP, GSM8K, ASDiv and the four
-MAWPS subsets. Files resolve in this order (design.md, "Offline first"):
+MAWPS subsets. Files resolve in this order (docs/design.md, "Offline first"):
 
 1. ``$MDLAB_DATA_DIR/<relative path>`` (CI points it at ``../shared/data``);
 2. the user cache ``$MDLAB_CACHE/data/<relative path>`` (default ``~/.cache/mdlab``);

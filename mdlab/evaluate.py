@@ -1242,7 +1242,7 @@ def comparisons(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
 
 
 def results(curves, greedy, comparisons_: Sequence[dict] = (), transfer=None) -> dict:
-    """The run's numbers in ``results.json``'s shape (design.md): rows and comparisons.
+    """The run's numbers in ``results.json``'s shape (docs/design.md): rows and comparisons.
 
     Accuracy, lo and hi in percent; greedy rows have policy ``greedy_<policy>`` and k 1; transfer
     rows (``transfer_accuracy``) are greedy rows with a ``dataset`` key.

@@ -11,7 +11,7 @@
   in a few steps and generates garbage, which is all a test needs.
 - anything else: a hub id or a local path, passed through unchanged.
 
-``load(name, quant=..., dtype=...)`` applies the policy in design.md: 4-bit NF4 + double
+``load(name, quant=..., dtype=...)`` applies the policy in docs/design.md: 4-bit NF4 + double
 quantization on CUDA (QLoRA); full-precision weights on CPU, where bitsandbytes 4-bit is ~6x
 slower. The compute dtype comes from the device (``compute_dtype``): bf16 on GPUs that have it,
 fp16 on older ones (T4, V100, RTX 20xx), and on a CPU bf16 only where its flags say that it

@@ -21,7 +21,7 @@ per logged step, appended and flushed as it trains), ``checkpoints/`` while it r
   upstream. We tokenize ourselves and hand it ``input_ids`` + ``labels`` so the length and
   label checks above apply to exactly what is trained (TRL would otherwise re-tokenize and
   truncate silently).
-- Quantization per design.md through ``models.load(quant=...)``: NF4 + double quantization
+- Quantization per docs/design.md through ``models.load(quant=...)``: NF4 + double quantization
   + bf16 compute on CUDA (QLoRA), plain LoRA on fp32 weights on CPU; ``quant="nf4"`` forces
   4-bit on CPU too (slow, tested). Gradient checkpointing and bf16 on CUDA; paged 8-bit AdamW
   on CUDA, plain AdamW on CPU.

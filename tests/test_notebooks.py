@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mdlab.__main__ import STAGES, _ipc_kernel_manager, course
+from mdlab.__main__ import STAGES, course, ipc_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [ROOT / "notebooks" / name for name in STAGES.values()]
@@ -73,6 +73,48 @@ def test_html_table_needs_no_css():
     assert "x = 1 &lt; 2<br>if x:<br>&nbsp;&nbsp;&nbsp;&nbsp;ans = 3" in html
 
 
+# what the kernel bound: the absolute socket prefix, and how many socket files it has now
+SOCKETS = """
+import glob, os
+from ipykernel.connect import get_connection_info
+prefix = os.path.abspath(get_connection_info(unpack=True)["ip"])
+print("sockets", prefix, len(glob.glob(prefix + "-*")))
+"""
+
+
+def test_a_stage_leaves_no_kernel_sockets_and_is_reused(tmp_path, monkeypatch):
+    """run_stage's real path (papermill, an IPC kernel) on a small notebook standing in for stage 05: the kernel's
+    socket files go to a private folder that is removed afterwards, not to the host's or the kernel's current
+    directory (the project root), where a killed kernel would leave them; a second call skips the finished stage."""
+    import tempfile
+
+    from mdlab import __main__ as cli
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell('profile = "cpu"\nrun_dir = None', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(SOCKETS)]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / STAGES["report"])
+    monkeypatch.setattr(cli, "NOTEBOOKS", tmp_path / "notebooks")
+    cwd, temp = tmp_path / "cwd", tmp_path / "temp"
+    cwd.mkdir()
+    temp.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    run_dir = tmp_path / "run"
+    root_before = set(ROOT.glob("kernel-ipc-*"))  # left by kernels before this fix, or killed ones
+    log: list[str] = []
+    assert cli.run_stage("report", "smoke", run_dir, log=log.append) is not None
+    shown = _outputs(run_dir / "notebooks" / STAGES["report"])
+    prefix, sockets = re.search(r"sockets (\S+) (\d+)", shown).groups()
+    assert Path(prefix).parent.parent == temp and int(sockets) == 5, shown  # shell, iopub, stdin, control, hb
+    assert list(cwd.iterdir()) == [] and list(temp.iterdir()) == []  # nothing left, the private folder removed
+    assert set(ROOT.glob("kernel-ipc-*")) <= root_before
+    assert cli.run_stage("report", "smoke", run_dir, log=log.append) is None
+    assert log[-1].startswith("[report] finished before with this notebook and profile: reused"), log
+
+
 WIDGET = "application/vnd.jupyter.widget"
 NOISE = ["kernels-community", "FutureWarning", WIDGET, "Training Loss", "](figures/"]
 
@@ -119,7 +161,7 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run, tmp_path):
     assert list(run_dir.glob("students/*/adapter/adapter_config.json")), "no trained adapter"
     assert list(run_dir.glob("students/*/samples.jsonl")), "no samples"
     assert list((run_dir / "figures").glob("*.png")), "no figures"
-    results = json.loads((run_dir / "results.json").read_text())  # design.md's shape
+    results = json.loads((run_dir / "results.json").read_text())  # docs/design.md's shape
     assert set(results) == {"rows", "comparisons"} and results["rows"]
     for row in results["rows"]:
         assert set(row) == {"student", "policy", "k", "n_problems", "accuracy", "lo", "hi"}, row
@@ -148,6 +190,8 @@ def test_smoke_demo_runs_all_notebooks_then_reuses_them(smoke_run, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((run_dir / "demo_times.json").read_text())
     assert again["reused"] == list(STAGES), "finished stages were not reused"
+    reused = [line.split("]")[0][1:] for line in second.stdout.splitlines() if "finished before" in line]
+    assert reused == list(STAGES) and "] running " not in second.stdout, second.stdout[-2000:]
     assert again["stages"] == times["stages"], "a reused stage lost the time of the run that produced it"
 
     # one stage from the shell, forced: the stages below it are no longer finished; it and those above are
@@ -271,9 +315,9 @@ def test_instructor_checks_pass_and_student_checks_fail_on_a_smoke_run(smoke_run
     nb = nbformat.read(tmp_path / "student" / STAGES["report"], as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f'profile = "smoke"\nrun_dir = {str(run_dir)!r}'
-    nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=600,
-                            kernel_manager_class=_ipc_kernel_manager(),
-                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    with ipc_kernels() as manager:
+        nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=600,
+                                kernel_manager_class=manager, resources={"metadata": {"path": str(ROOT)}}).execute()
     failed = {c.metadata.get("nbgrader", {}).get("grade_id", c.get("id")) for c in nb.cells
               if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)}
     exercises = [(gid, f"{gid}-check") for gid, _, _ in _exercises(nb)]
