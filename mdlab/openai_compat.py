@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import queue
 import threading
@@ -144,7 +145,7 @@ class OpenAICompatible:
                                                                prompts.STOP[req.mode][:4])
             body.update(self.extra_body)
             try:  # the SDK does not retry a 200 without a completion in it
-                async for attempt in AsyncRetrying(retry=retry_if_exception_type((_Malformed, ValueError)),
+                async for attempt in AsyncRetrying(retry=retry_if_exception_type((_Malformed, json.JSONDecodeError)),
                                                    stop=stop_after_attempt(self.retries), reraise=True,
                                                    wait=wait_exponential_jitter(initial=0.5, max=8.0)):
                     with attempt:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mdlab import answers, data, recorded, runs, teachers
+from mdlab import answers, data, gold, recorded, runs, teachers
 from mdlab.data import Problem
 from mdlab.gold import fmt_number
 
@@ -95,6 +95,11 @@ def test_specs_and_config_validation():
         teachers.TeacherConfig(n=4, live=["hf:tiny"])
     # recorded teachers replay their stored samples: n counts them, no temperature needed
     assert teachers.TeacherConfig(n=10, cot=["recorded:svamp-mcckd-cot"]).n == 10
+    # a source of test-split rationales only: the leakage filter would drop all of them
+    assert recorded.SOURCES["gsm8k-codex-pot"]["evaluation_only"]
+    with pytest.raises(ValueError, match="covers only the gsm8k test split"):
+        teachers.TeacherConfig(pot=["recorded:gsm8k-codex-pot"])
+    assert isinstance(teachers.from_spec("recorded:gsm8k-codex-pot"), teachers.Recorded)  # still usable to evaluate
     # an empty table keeps its columns (notebook 01 selects them for a profile without live teachers)
     assert {"teacher", "mode", "status", "gold", "correct"} <= set(
         teachers.table([], data.load("svamp", "train", limit=1)).columns)
@@ -198,6 +203,12 @@ def test_annotations_reach_the_gold_answer_on_all_of_svamp(tmp_path):
         [r for r in pot if r.status != "ok"][:3]
     first = next(r for r in pot if r.problem_id == "chal-1")
     assert first.text.splitlines()[-1].startswith("ans = ") and "dollars" in first.text
+
+
+def test_annotations_of_a_zero_operand():
+    problem = Problem("asdiv-x", "Tom had 3 apples. He gave 0 away. How many are left?", 3.0, "3-0=3", "asdiv", "all")
+    assert gold.rationales(problem) == ("3 - 0 = 3. The answer is 3.", "apples = 3\naway = 0\nans = apples - away")
+    assert gold.rationale(Problem("d", "8 cakes for 0 people?", 1.0, "8/0=1", "asdiv", "all"), "cot") is None
 
 
 def test_annotations_from_gsm8k_calculator_marks(tmp_path):
