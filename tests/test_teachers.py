@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from mdlab import answers, data, runs, teachers
+from mdlab import answers, data, gold, recorded, runs, teachers
 from mdlab.data import Problem
+from mdlab.gold import fmt_number
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,10 +65,10 @@ def test_clean_program_strips_fences_prose_and_run_ons():
 def test_clean_palm_cuts_run_on_and_evaluates_the_answer_expression():
     raw = ("There are 16 blocks. So 16 * 17 = 272 houses. The answer is (16 * 17) * 4.\n\n"
            "Q: There are 15 trees in the grove.\nA: ...")
-    assert teachers.clean_palm(raw) == "There are 16 blocks. So 16 * 17 = 272 houses. The answer is 1088."
-    assert teachers.clean_palm("So 186 / 19. The answer is (31 * 6) / 19.").endswith("The answer is 9.789474.")
+    assert recorded.clean_palm(raw) == "There are 16 blocks. So 16 * 17 = 272 houses. The answer is 1088."
+    assert recorded.clean_palm("So 186 / 19. The answer is (31 * 6) / 19.").endswith("The answer is 9.789474.")
     unevaluable = "So some bags + 4 bags = 8 bags. The answer is (some bags + 4 bags)."
-    assert teachers.clean_palm(unevaluable) == unevaluable
+    assert recorded.clean_palm(unevaluable) == unevaluable
 
 
 def test_cache_key_covers_every_part():
@@ -94,6 +95,11 @@ def test_specs_and_config_validation():
         teachers.TeacherConfig(n=4, live=["hf:tiny"])
     # recorded teachers replay their stored samples: n counts them, no temperature needed
     assert teachers.TeacherConfig(n=10, cot=["recorded:svamp-mcckd-cot"]).n == 10
+    # a source of test-split rationales only: the leakage filter would drop all of them
+    assert recorded.SOURCES["gsm8k-codex-pot"]["evaluation_only"]
+    with pytest.raises(ValueError, match="covers only the gsm8k test split"):
+        teachers.TeacherConfig(pot=["recorded:gsm8k-codex-pot"])
+    assert isinstance(teachers.from_spec("recorded:gsm8k-codex-pot"), teachers.Recorded)  # still usable to evaluate
     # an empty table keeps its columns (notebook 01 selects them for a profile without live teachers)
     assert {"teacher", "mode", "status", "gold", "correct"} <= set(
         teachers.table([], data.load("svamp", "train", limit=1)).columns)
@@ -103,11 +109,11 @@ def test_mcckd_cots_get_the_students_answer_line():
     """MCC-KD's gpt-3.5 CoTs end in prose; they get "The answer is N." with the number they commit to."""
     prose = ("Points scored per round = 84/2 = 42 points\n\nTherefore, Luke scored 42 points per round in Trivia "
              "game.")
-    assert teachers.with_answer_phrase(prose).endswith("\nThe answer is 42.")
-    assert teachers.with_answer_phrase("So 7 - 2.5 = 4.5 apples are left").endswith("The answer is 4.5.")
+    assert recorded.with_answer_phrase(prose).endswith("\nThe answer is 42.")
+    assert recorded.with_answer_phrase("So 7 - 2.5 = 4.5 apples are left").endswith("The answer is 4.5.")
     done = "5 + 4 = 9. The answer is 9."
-    assert teachers.with_answer_phrase(done) == done
-    assert teachers.with_answer_phrase("No numbers here.") == "No numbers here."
+    assert recorded.with_answer_phrase(done) == done
+    assert recorded.with_answer_phrase("No numbers here.") == "No numbers here."
     with pytest.raises(ValueError, match="prices"):
         teachers.TeacherConfig(prices={"m": {"input": 1.0}})
     with pytest.raises(ValueError, match="unknown kind"):
@@ -118,11 +124,11 @@ def test_mcckd_cots_get_the_students_answer_line():
 
 def test_palm_rows_follow_the_svamp_split_permutation():
     """The distilling-step-by-step files are in data.py's RandomState(0) split order: row i is train[i]."""
-    index = teachers._text_index("svamp", "all")
+    index = recorded.text_index("svamp", "all")
     base = "svamp/distilling_step_by_step/"
     for split, name in (("train", "svamp_train.json"), ("test", "svamp_test.json")):
-        rows = teachers._read_jsonl(base + name)
-        ids = [index[teachers._norm_text(r["input"])] for r in rows]
+        rows = data._jsonl(base + name)
+        ids = [index[recorded.norm_text(r["input"])] for r in rows]
         assert all(len(i) == 1 for i in ids)
         assert [i[0] for i in ids] == [p.id for p in _svamp(split)]
 
@@ -137,7 +143,7 @@ def test_recorded_svamp_teachers_counts_and_raw_accuracy(tmp_path):
         for split, problems in (("train", train), ("test", test)):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                out = teachers.generate(teacher, problems, teacher.spec.mode, n=10, run_dir=tmp_path / source,
+                out = teachers.generate(teacher, problems, teacher.mode, n=10, run_dir=tmp_path / source,
                                         progress=False)
             correct = sum(answers.same(r.answer, gold[r.problem_id].answer) for r in out)
             covered = len({r.problem_id for r in out})
@@ -178,7 +184,7 @@ def test_recorded_samples_are_the_source_index_and_capped(tmp_path):
     out = teachers.generate(teacher, [problem], "cot", n=12, run_dir=tmp_path, progress=False)
     assert [r.sample for r in out] == list(range(10))
     assert out[3].raw.strip() == teacher.rows[problem.id][3][0].strip()  # the source's own text, kept
-    assert out[3].text == teachers.with_answer_phrase(out[3].raw)  # plus the answer line the student learns
+    assert out[3].text == recorded.with_answer_phrase(out[3].raw)  # plus the answer line the student learns
 
 
 # ----------------------------------------------------------------------------------- annotations
@@ -191,12 +197,18 @@ def test_annotations_reach_the_gold_answer_on_all_of_svamp(tmp_path):
         pot = teachers.generate(teachers.Annotations(), problems, "pot", run_dir=tmp_path, progress=False)
     # chal-680's equation (4 - 2) + 3 = 5 contradicts its answer 1: no gold rationale for it
     assert len(cot) == len(pot) == 999 and "chal-680" not in {r.problem_id for r in cot}
-    assert all(r.text.endswith(f"The answer is {teachers.fmt_number(gold[r.problem_id].answer)}.") for r in cot)
+    assert all(r.text.endswith(f"The answer is {fmt_number(gold[r.problem_id].answer)}.") for r in cot)
     assert all(answers.same(r.answer, gold[r.problem_id].answer) for r in cot)
     assert sum(answers.same(r.answer, gold[r.problem_id].answer) for r in pot) == 999, \
         [r for r in pot if r.status != "ok"][:3]
     first = next(r for r in pot if r.problem_id == "chal-1")
     assert first.text.splitlines()[-1].startswith("ans = ") and "dollars" in first.text
+
+
+def test_annotations_of_a_zero_operand():
+    problem = Problem("asdiv-x", "Tom had 3 apples. He gave 0 away. How many are left?", 3.0, "3-0=3", "asdiv", "all")
+    assert gold.rationales(problem) == ("3 - 0 = 3. The answer is 3.", "apples = 3\naway = 0\nans = apples - away")
+    assert gold.rationale(Problem("d", "8 cakes for 0 people?", 1.0, "8/0=1", "asdiv", "all"), "cot") is None
 
 
 def test_annotations_from_gsm8k_calculator_marks(tmp_path):
@@ -407,7 +419,7 @@ def served(tiny_model_path, stop_process):
 
 
 def _teacher(served, **kw) -> teachers.OpenAICompatible:
-    options = dict(base_url=served["proxy"].url, concurrency=4, timeout=20, retry_wait=(0.05, 0.2),
+    options = dict(base_url=served["proxy"].url, concurrency=4, timeout=20,
                    name="openai:tiny")
     options.update(kw)
     return teachers.OpenAICompatible(served["model"], **options)
