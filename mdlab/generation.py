@@ -1,4 +1,4 @@
-"""The one local generation engine: a transformers model decoding many sampled paths at once.
+"""Where model texts come from: the one local engine (``HFBackend``), a served model, vLLM.
 
 Students (``evaluate``) and the local teacher (``teachers.HFLocal``) both hand ``HFBackend`` a list
 of ``Job``s (a prompt, the indices of its missing paths and one seed per path) and get one
@@ -14,6 +14,7 @@ Another batch shape changes a path only where last-bit rounding of batched matri
 uniform across a boundary of the cumulative distribution (~1e-6): rare for trained models, a few
 paths in a hundred for the near-uniform test model. A path ends at EOS (the tokenizer's and the
 generation config's ids), at ``max_new_tokens``, or at a stop string (the text is cut there).
+``OpenAIBackend`` (a served student, the teachers' client) and ``VLLMBackend`` take the same jobs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import os
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from mdlab import prompts, teachers
+
+# where an under-trained student runs on into a new problem: stop and cut there
+STOP = ("\nQuestion:", *(f"\n[{m.upper()}]" for m in prompts.MODES))
 
 
 @dataclasses.dataclass
@@ -253,4 +261,110 @@ class HFBackend:
                                     stop=stop):
             for job, completions in finished:
                 out[job] = completions
+        return out
+
+
+class OpenAIBackend(teachers.OpenAICompatible):
+    """A served student over an OpenAI-compatible ``/v1/completions`` API (vLLM, ``transformers serve``).
+
+    The teachers' client (retries, API-key rules, one request per path where the server ignores
+    ``n``, seeds derived per request and recorded) with the student's plain-text prompt. Note that
+    ``transformers serve`` samples only when the model's generation config says ``do_sample``.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 8, timeout: float = 600.0, retries: int = 6,
+                 extra_body: dict | None = None):
+        super().__init__(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                         api="completions", timeout=timeout, retries=retries, name=f"openai:{model}",
+                         extra_body=extra_body)
+        self.tag, self.batch_rows, self._extra = self.name, 4 * concurrency, dict(extra_body or {})
+
+    def prompt(self, problem, mode: str) -> str:
+        return prompts.student_prompt(problem.question, mode)
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(prompt)
+
+    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int = 0, stop: Sequence[str] = STOP) -> list[list[Completion]]:
+        self.extra_body = {**self._extra, **({"top_p": top_p} if top_p < 1 else {})}
+        requests = []
+        for job in jobs:
+            sampled = [i for i in job.indices if i >= 0]
+            if -1 in job.indices:
+                requests.append(teachers.Request(job.problem, job.mode, [-1], 0.0, max_new_tokens, seed))
+            if sampled:
+                requests.append(teachers.Request(job.problem, job.mode, sampled, temperature, max_new_tokens,
+                                                 seed))
+        got = {(c.problem_id, c.sample): c for chunk in self.run(requests) for c in chunk}
+        out = []
+        for job in jobs:
+            group = []
+            for index in job.indices:
+                c = got.get((job.problem.id, index))
+                if c is None or c.failed:  # transport failure after retries: not written, a rerun retries it
+                    group.append(None)
+                    continue
+                text, cut = cut_stop(c.raw or "", stop)
+                finish = "length" if c.finish_reason == "length" else ("stop" if cut else "eos")
+                group.append(Completion(text, int(c.tokens.get("completion", 0)), finish,
+                                        None if index < 0 else c.params.get("request_seed"),
+                                        error=c.error if c.status == "api_error" else None))
+            out.append(group)
+        return out
+
+
+class VLLMBackend:
+    """vLLM in-process (GPU users; ``pip install vllm``): one request per path with its own seed.
+
+    vLLM's prefix cache and scheduler already share prefills and batch continuously, so this only
+    builds requests. ``adapter`` is a LoRA directory.
+    """
+
+    def __init__(self, model: str, *, adapter: str | os.PathLike | None = None, tag: str | None = None,
+                 **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError("VLLMBackend needs vLLM (pip install vllm, on a CUDA machine)") from exc
+        from mdlab import models
+
+        self._vllm = vllm
+        kwargs = {"enable_prefix_caching": True, **llm_kwargs}
+        if adapter is not None:
+            kwargs.setdefault("enable_lora", True)
+        self.llm = vllm.LLM(model=models.resolve(model), **kwargs)
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("student", 1, str(adapter))
+        if tag is None and adapter is not None:
+            from mdlab import evaluate  # the tag students' samples are read by: name + training fingerprint
+
+            tag = evaluate._adapter_tag(Path(adapter))
+        self.tag = tag or str(model)
+        self.batch_rows = 4096
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(prompt)
+
+    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
+                 stop: Sequence[str] = STOP) -> list[list[Completion]]:
+        params = [self._vllm.SamplingParams(n=1, temperature=0.0 if seed is None else temperature,
+                                            top_p=1.0 if seed is None else top_p, seed=seed,
+                                            max_tokens=max_new_tokens, stop=list(stop))
+                  for job in jobs for seed in job.seeds]
+        texts = [job.prompt for job in jobs for _ in job.seeds]
+        results = iter(self.llm.generate(texts, params, lora_request=self.lora, use_tqdm=False))
+        out = []
+        for job in jobs:
+            group = []
+            for seed in job.seeds:
+                choice = next(results).outputs[0]
+                finish = ("length" if choice.finish_reason == "length"
+                          else "stop" if choice.stop_reason else "eos")
+                group.append(Completion(choice.text, len(choice.token_ids), finish, seed))
+            out.append(group)
         return out
