@@ -42,6 +42,7 @@ from mdlab.generation import (STOP, Completion, HFBackend, Job, OpenAIBackend, V
 POLICIES = ("cot", "pot", "mixed", "pot_then_cot", "ensemble")
 Policy = Literal["cot", "pot", "mixed", "pot_then_cot", "ensemble"]
 STUDENT_POLICIES = POLICIES[:-1]  # one student's paths; ``ensemble`` pools two students' (ENSEMBLE)
+GREEDY = ("cot", "pot", "pot_then_cot")  # a student's single-path policies
 ENSEMBLE = "cot+pot"  # the two-student baseline: the CoT-only student's CoT paths + the PoT-only's PoT paths
 BASE_STUDENT = "base"
 RESULTS_FILE = "results.json"
@@ -145,10 +146,7 @@ def _base_model_of(path: Path) -> str | None:
 
 
 def base_student(run_dir: str | os.PathLike, model: str) -> Path:
-    """``students/base/``: the untrained ``model`` as a student without adapter (both modes, greedy).
-
-    It answers the same student prompts as the trained students: its accuracy is what training adds to.
-    """
+    """``students/base/``: the untrained ``model`` as a student (no adapter, both modes, greedy)."""
     folder = Path(run_dir) / "students" / BASE_STUDENT
     manifest = {"student": BASE_STUDENT, "base_model": str(model), "by_mode": {m: 1 for m in prompts.MODES}}
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,12 +244,8 @@ def _generated(engine, jobs: list[Job], rows_per_batch: int, kwargs: dict):
 def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int, run_dir,
            greedy: bool = True, top_p: float = 1.0, max_new_tokens: int = 256, batch_rows: int | None = None,
            pot_timeout: float = 3.0, tag: str | None = None, progress: bool = True) -> list[Sample]:
-    """Greedy (index -1) and k sampled paths per problem, appended to ``run_dir/samples.jsonl``.
-
-    ``model``: anything ``backend`` takes; pass a backend to load a model once for several calls.
-    A path already in the file (same ``_key``) is not decoded again. Returns this call's samples
-    (old and new) in problem order, greedy first, then by index.
-    """
+    """Greedy (index -1) and k sampled paths per problem, appended to ``run_dir/samples.jsonl`` (resumed);
+    returns this call's samples, old and new, by problem, greedy first."""
     if mode not in prompts.MODES:
         raise ValueError(f"mode must be one of {prompts.MODES}, got {mode!r}")
     if k > 0 and temperature <= 0:
@@ -333,7 +327,8 @@ def _clusters(values: list[float | None]) -> tuple[list[int], list[float]]:
     reps: list[float] = []
     ids = []
     for value in values:
-        same = None if value is None else next((c for c, r in enumerate(reps) if answers.same(value, r)), None)
+        same = None if value is None else next((c for c, r in enumerate(reps) if answers.same(value, r)),
+                                               None)
         if value is not None and same is None:
             reps.append(value)
             same = len(reps) - 1
@@ -348,15 +343,11 @@ def vote(answers_: Iterable[float | None]) -> float | None:
     return reps[max(range(len(reps)), key=lambda c: (ids.count(c), -c))] if reps else None
 
 
-def _random_subsets(n: int, k: int, count: int, rng):
-    return np.sort(np.argsort(rng.random((count, n)), axis=1)[:, :k], axis=1)
-
-
-def _subsets(n: int, k: int, limit: int, rng):
+def _subsets(n: int, k: int, limit: int, rng, *, random_: bool = False):
     """Index subsets (rows sorted): all C(n, k) when at most ``limit``, else ``limit`` random ones."""
-    if math.comb(n, k) <= limit:
+    if not random_ and math.comb(n, k) <= limit:
         return np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
-    return _random_subsets(n, k, limit, rng)
+    return np.sort(np.argsort(rng.random((limit, n)), axis=1)[:, :k], axis=1)
 
 
 def _vote_rows(ids, correct):
@@ -385,8 +376,8 @@ def _problem_acc(cot: list, pot: list, gold: float, policy: str, k: int, limit: 
         pot_rows = np.array([p for p, _ in pairs]).reshape(-1, k)
         cot_rows = np.array([c for _, c in pairs]).reshape(-1, k)
     else:  # independent random halves: k PoT paths and k CoT paths per draw
-        pot_rows = _random_subsets(len(pot), k, limit, rng)
-        cot_rows = _random_subsets(len(cot), k, limit, rng)
+        pot_rows = _subsets(len(pot), k, limit, rng, random_=True)
+        cot_rows = _subsets(len(cot), k, limit, rng, random_=True)
     if policy in ("mixed", "ensemble"):  # ensemble: the same vote over two students' paths
         won = _vote_rows(np.concatenate([pot_ids[pot_rows], cot_ids[cot_rows]], axis=1), correct)
     else:  # pot_then_cot
@@ -406,7 +397,8 @@ def _group(samples, problems, modes, *, sampled: bool) -> dict[str, dict[str, li
     samples = _as_samples(samples)
     stray = sorted({s.problem_id for s in samples} - {p.id for p in problems})
     if stray:
-        raise ValueError(f"samples for problems not in `problems`: {stray[:5]}{' ...' if len(stray) > 5 else ''}")
+        raise ValueError(f"samples for problems not in `problems`: {stray[:5]}"
+                         f"{' ...' if len(stray) > 5 else ''}")
     out: dict[str, dict[str, list]] = {p.id: {m: [] for m in modes} for p in problems}
     for s in sorted(samples, key=lambda s: s.index):
         if s.mode in modes and (s.index >= 0) == sampled:
@@ -436,11 +428,8 @@ def _interval(per_problem, bootstrap: int, ci: float, seed: int):
 
 def per_problem(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
                 greedy: bool = False, n_subsets: int = 200, seed: int = 0):
-    """Each problem's correctness: DataFrame indexed by problem id, one column per k.
-
-    Sampled paths: the problem's acc@k. ``greedy``: one column (k = 1) of 0/1 from the greedy paths
-    (PoT first, so ``mixed`` and ``pot_then_cot`` take the program's answer, else the CoT's).
-    """
+    """Each problem's correctness (rows: problem ids; a column per k): acc@k over k-subsets, or with
+    ``greedy`` one 0/1 column from the greedy paths (PoT first, as in ``mixed`` / ``pot_then_cot``)."""
     modes = _modes(policy)
     grouped = _group(samples, problems, modes, sampled=not greedy)
     n_min = min(len(by_mode[m]) for by_mode in grouped.values() for m in modes)
@@ -466,7 +455,7 @@ def acc_at_k(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] |
                          "n": len(table)})
 
 
-def greedy_accuracy(samples, problems, *, policies: Sequence[str] = ("cot", "pot", "pot_then_cot"),
+def greedy_accuracy(samples, problems, *, policies: Sequence[str] = GREEDY,
                     bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
     """Single-path (greedy) accuracy per policy present: DataFrame with policy, acc, lo, hi, n."""
     samples = _as_samples(samples)
@@ -510,10 +499,7 @@ def _paired(a, b):
 
 
 def paired_bootstrap(a, b, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
-    """(diff, lo, hi) of mean(a) - mean(b) in percentage points, problems resampled jointly.
-
-    ``a``, ``b``: per-problem correctness on the same problems (``per_problem`` columns).
-    """
+    """(diff, lo, hi) of mean(a) - mean(b) in points; a, b per-problem correctness, resampled jointly."""
     a, b = _paired(a, b)
     lo, hi = _interval((a - b)[:, None], bootstrap, ci, seed)
     return 100 * float((a - b).mean()), 100 * float(lo[0]), 100 * float(hi[0])
@@ -547,9 +533,7 @@ def _student_tag(student_dir: Path) -> str | None:
 
 
 def students(run_dir: str | os.PathLike) -> list[Path]:
-    """Student directories ``students/<name>/``, MD first: trained (``adapter/``), the untrained base
-    model (``base_student``, or a bare ``students/base/`` with samples), or a trained student's samples
-    shipped without its adapter (manifest with the training fingerprint, as ``recompute`` unpacks them)."""
+    """Student directories, MD first: trained (``adapter/``), the base model, or shipped samples."""
     root = Path(run_dir) / "students"
     found = sorted((d for d in root.glob("*") if _student_tag(d) is not None
                     or (d.name == BASE_STUDENT and (d / SAMPLES_FILE).exists())),
@@ -587,12 +571,8 @@ def student_backend(student_dir: str | os.PathLike, config: EvalConfig):
 
 def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig, *, progress: bool = True,
                    k: int | None = None, out_dir: str | os.PathLike | None = None, engine=None):
-    """Greedy + k paths in each of the student's modes into ``student_dir/samples.jsonl``.
-
-    k: ``student_k`` unless given (0: greedy only); ``out_dir``: where the samples file goes instead
-    (transfer sets); ``engine``: the student's backend, when loaded already.
-    Returns (samples, seconds, generated tokens this call).
-    """
+    """Greedy + k (``student_k`` unless given) paths per mode into ``out_dir`` (else the student's
+    directory), with ``engine`` if loaded: (samples, seconds, generated tokens this call)."""
     student_dir = Path(student_dir)
     out_dir = Path(out_dir or student_dir)
     store = runs.JsonlStore(out_dir / SAMPLES_FILE)
@@ -654,8 +634,7 @@ def student_samples(run_dir: str | os.PathLike, problems, config: EvalConfig) ->
 def _policies(student: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(sampled, greedy) policies of a student. The ensemble's single path is the PoT-only student's
     program, else the CoT-only student's CoT: ``pot_then_cot`` over the pair."""
-    return (("ensemble",), ("pot_then_cot",)) if student == ENSEMBLE else (STUDENT_POLICIES,
-                                                                           ("cot", "pot", "pot_then_cot"))
+    return (("ensemble",), ("pot_then_cot",)) if student == ENSEMBLE else (STUDENT_POLICIES, GREEDY)
 
 
 def evaluate_students(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
@@ -668,7 +647,8 @@ def evaluate_students(run_dir: str | os.PathLike, problems, config: EvalConfig, 
         if any(s.index >= 0 for s in samples):
             curve_frames.append(curves(samples, problems, policies=sampled, ks=ks, n_subsets=config.n_subsets,
                                        **stats).assign(student=name))
-        greedy_frames.append(greedy_accuracy(samples, problems, policies=single, **stats).assign(student=name))
+        greedy = greedy_accuracy(samples, problems, policies=single, **stats)
+        greedy_frames.append(greedy.assign(student=name))
     return (_frame(curve_frames, ["student", "policy", "k", "acc", "lo", "hi", "n"]),
             _frame(greedy_frames, ["student", "policy", "acc", "lo", "hi", "n"]))
 
@@ -700,12 +680,8 @@ def _sampled_paths(samples, problems, policy: str) -> int:
 
 def comparisons(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
                 claims: Sequence[tuple[str, str]] = CLAIMS) -> list[dict]:
-    """The claims as paired differences a - b on the same problems.
-
-    Each: a, b (k resolved, e.g. "md/mixed@16"), diff, lo, hi (percentage points, paired bootstrap),
-    n_problems, and p_mcnemar when both sides are single paths. A claim whose students or paths are
-    missing is left out.
-    """
+    """``claims`` as paired differences a - b (points, bootstrap; p_mcnemar for two single paths),
+    k resolved; a claim whose students or paths are missing is left out."""
     by_student = student_samples(run_dir, problems, config)
     out = []
     for claim in claims:
@@ -743,11 +719,7 @@ def comparisons(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
 
 
 def results(curves, greedy, comparisons_: Sequence[dict] = (), transfer=None) -> dict:
-    """The run's numbers in ``results.json``'s shape (design.md): rows and comparisons.
-
-    Accuracy, lo and hi in percent; greedy rows have policy ``greedy_<policy>`` and k 1; transfer
-    rows (``transfer_accuracy``) are greedy rows with a ``dataset`` key.
-    """
+    """``results.json``'s shape: rows in percent (greedy: ``greedy_<policy>``, k 1; transfer: + dataset)."""
     def row(r, policy: str, k, **extra) -> dict:
         return {"student": r["student"], "policy": policy, "k": int(k), "n_problems": int(r["n"]),
                 "accuracy": 100 * float(r["acc"]), "lo": 100 * float(r["lo"]), "hi": 100 * float(r["hi"]),
@@ -795,8 +767,9 @@ def sample_transfer(student_dir: str | os.PathLike, config: EvalConfig, *, progr
     out = {}
     for spec in config.transfer:
         name = spec.split(":")[0]
-        out[name] = sample_student(student_dir, transfer_problems(spec, config.transfer_limit), config, k=0,
-                                   engine=engine, progress=progress, out_dir=student_dir / "transfer" / name)[0]
+        problems = transfer_problems(spec, config.transfer_limit)
+        out[name] = sample_student(student_dir, problems, config, k=0, engine=engine, progress=progress,
+                                   out_dir=student_dir / "transfer" / name)[0]
     return out
 
 
@@ -820,12 +793,8 @@ def transfer_accuracy(run_dir: str | os.PathLike, config: EvalConfig):
 # ----------------------------------------------------------------------------- the teacher's own votes
 
 def teacher_samples(rationales, *, shuffle_seed: int | None = 0) -> list[Sample]:
-    """Recorded teacher rationales as sampled paths, with the answer and status ``teachers`` gave them.
-
-    ``index``: the rationale's place in a seeded shuffle of its problem's rationales (None keeps the
-    recorded order). A source may store samples in an informative order (MCC-KD's first CoT is right
-    95% of the time, its tenth 30%), which the earliest-first tie break would turn into points.
-    """
+    """Recorded teacher rationales as sampled paths, indexed in a seeded shuffle (None: recorded order,
+    which may be informative: MCC-KD's first CoT is right far more often than its last)."""
     by_problem: dict[str, list] = {}
     for r in sorted(rationales, key=lambda r: r.sample):
         by_problem.setdefault(r.problem_id, []).append(r)
