@@ -1,80 +1,23 @@
-"""Self-consistency evaluation: sampling, voting policies and the accuracy-vs-k estimator.
+"""Self-consistency evaluation: sample students' paths, vote, and estimate accuracy against k.
 
-``sample(model, problems, mode, k=, temperature=, seed=, run_dir=)`` decodes one greedy path
-(``index=-1``) and ``k`` sampled paths (``index=0..k-1``) per problem from the student input
-``prompts.student_prompt(question, mode)``, the same text training used. A CoT path's answer
-is ``answers.extract(text)``; a PoT path's text is the program (``answers.clean_program``
-drops prose around it), run with ``sandbox.run_many`` in a background thread while the next
-batch is generated. Records go to ``run_dir/samples.jsonl`` (a ``runs.JsonlStore``) batch by
-batch; a rerun, or a run killed halfway, skips every path already there (key: model tag,
-mode, problem, index, temperature, top_p, base seed, max_new_tokens) and never writes one
-twice. Asking for a larger k later decodes only the new indices.
-
-Backends, picked from ``model``: a model name or path (``models.load``); a student directory
-``students/<name>/`` holding ``adapter/`` (loaded with ``train.load_student``, which reads and
-checks the base from the adapter's manifest; a plain PEFT adapter names its base in
-``adapter_config.json``); a loaded ``(model, tokenizer)`` pair; an ``OpenAIBackend`` (a
-served model, e.g. by vLLM, over the legacy ``/v1/completions`` API: the teachers' client,
-which sends one request per path where the server ignores ``n``); a ``VLLMBackend``
-(in-process vLLM for GPU users; imported only when used).
-
-The transformers backend is a small decode loop rather than ``generate``, for three reasons.
-(1) k paths share one prefill: the prompt's KV cache is computed once and copied to its k+1
-rows (``num_return_sequences`` would run the prefill k times). (2) Continuous batching: a
-finished path leaves the batch at once and the next prompts are prefilled into the freed
-rows, so the batch stays full instead of draining to its slowest path. (3) Seeds per path,
-not per batch: every sampled path owns a ``random.Random`` seeded with
-``sample_seed(seed, problem_id, mode, index)`` (recorded in ``Sample.seed``) and draws one
-uniform number per token from it, which picks the token by inverting the cumulative
-softmax(logits / T) (after the top-p cut); no other path touches that stream.
-
-What is reproducible: a rerun with the same problems, config (``batch_rows`` included),
-model, library versions, device and thread count gives bit-identical paths, and a path is
-never decoded twice (resume). With a different batch size or problem set, a path's tokens
-change only through the last-bit rounding differences of batched matrix products, which
-move a token when its uniform draw falls within ~1e-6 of a boundary of the cumulative
-distribution: rare for a trained model's peaked distributions, a few paths in a hundred for
-the near-uniform test model. (An exponential race over the whole vocabulary would be more
-robust, but its 49k random numbers per token cost more than the model's own step here.)
-Greedy paths (argmax) have no seed. Prompts are sorted by token length, to waste little on
-padding. Generation stops at EOS (any of the tokenizer's and the generation config's end
-ids), at ``max_new_tokens``, or when the student runs on into a new ``Question:`` /
-``[COT]`` / ``[POT]`` block (the text is cut there).
-
-Voting (``vote``): a path without an answer (``None``: no number, or the program failed) does
-not vote; answers equal under ``answers.same`` pool into one candidate; a tie goes to the
-candidate whose first path comes earliest in the list. The policies (``POLICIES``) order their
-lists by sample index, and ``mixed`` lists a subset's PoT paths before its CoT paths, so in
-``mixed`` a CoT-PoT tie goes to PoT (the more exact mode for arithmetic, as in
-``pot_then_cot``). ``ensemble`` is ``mixed`` over two students' paths: the CoT-only student's
-CoT paths with the PoT-only student's PoT paths (the student ``ENSEMBLE``, "cot+pot", which
-``evaluate_students`` adds when both exist; its greedy path is ``pot_then_cot`` over the pair).
-
-``acc_at_k`` estimates accuracy at k from N >= k stored paths per problem and mode: for
-each problem, the mean correctness of the vote over k-subsets of its paths (all of them when
-there are at most ``n_subsets``, else ``n_subsets`` random ones, drawn with a fixed seed;
-for ``mixed`` and ``pot_then_cot`` a subset is k CoT paths and k PoT paths), then the mean
-over problems, with a percentile bootstrap interval over problems. Using every subset
-rather than "the first k" removes the luck of which paths happened to come first.
-``greedy_accuracy`` reports single-path (greedy) accuracy separately. Both average the
-per-problem correctness of ``per_problem``, which the paired statistics take as well:
-``paired_bootstrap`` (a difference with problems resampled jointly) and ``mcnemar`` (exact, for
-two single paths); ``comparisons`` states the run's fixed claims (``CLAIMS``) with them, and
-``results`` / ``read_results`` are ``results.json``. ``teacher_curve`` runs the same estimator
-over a teacher's recorded samples; ``sample_transfer`` / ``transfer_accuracy`` decode and score
-the students greedily on other datasets (``EvalConfig.transfer``).
-
-What this simplifies: sampling is temperature + top-p only (no top-k, no repetition
-penalty); a path cut by ``max_new_tokens`` still votes if it has an answer (its ``finish``
-field says ``length``, so it can be filtered); ``answers.same`` is not transitive at its
-tolerance edge, so candidates form around the first answer of each kind.
+``sample(model, problems, mode, k=, temperature=, seed=, run_dir=)`` decodes a greedy path (index -1)
+and k sampled ones per problem from ``prompts.student_prompt`` with a backend (``backend``: a model
+name or path, a student directory or a ``(model, tokenizer)`` pair -> ``generation.HFBackend``; a
+served model -> ``OpenAIBackend``; ``VLLMBackend``), scores them with ``answers.score`` (PoT in the
+sandbox, in a thread while the next batch decodes) and appends them to ``run_dir/samples.jsonl``:
+resumable, no path decoded or written twice. ``vote``: failed paths do not vote, ``answers.same``
+pools, a tie goes to the earliest first path (``mixed`` lists PoT first, so PoT wins ties).
+``acc_at_k`` averages the vote's correctness over k-subsets of N >= k stored paths per problem, with
+a bootstrap interval over problems; ``paired_bootstrap`` / ``mcnemar`` state ``CLAIMS``
+(``comparisons``); ``results`` is results.json's shape. Students (``students``, ``sample_student``,
+``evaluate_students``), transfer sets and ``teacher_curve`` sit on top. Why each choice was made, and
+what it simplifies: docs/design-notes-evaluate.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -83,20 +26,26 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+import numpy as np
+import pandas as pd
 
 from mdlab import answers, prompts, runs, teachers
+from mdlab.generation import (STOP, Completion, HFBackend, Job, OpenAIBackend, VLLMBackend,  # noqa: F401
+                              sample_seed)
 
 POLICIES = ("cot", "pot", "mixed", "pot_then_cot", "ensemble")
 Policy = Literal["cot", "pot", "mixed", "pot_then_cot", "ensemble"]
 STUDENT_POLICIES = POLICIES[:-1]  # one student's paths; ``ensemble`` pools two students' (ENSEMBLE)
+GREEDY = ("cot", "pot", "pot_then_cot")  # a student's single-path policies
 ENSEMBLE = "cot+pot"  # the two-student baseline: the CoT-only student's CoT paths + the PoT-only's PoT paths
+BASE_STUDENT = "base"
 RESULTS_FILE = "results.json"
-# where an under-trained student runs on into a new problem: stop and cut there
-STOP = ("\nQuestion:", *(f"\n[{m.upper()}]" for m in prompts.MODES))
 SAMPLES_FILE = "samples.jsonl"
 
 
@@ -113,8 +62,8 @@ class EvalConfig:
     baseline_k: int | None = None  # sampled paths per mode for the single-mode students (None = k)
     base: bool = False  # also decode the untrained base model greedily, as the student "base" (base_student)
     batch_rows: int = 64  # sequences decoded at once (a prompt brings its k+1 rows)
-    # weights' dtype for decoding (models.compute_dtype): auto = bf16 on GPUs with it (else fp16), bf16 on CPUs
-    # that multiply it natively (else fp32); the adapter is merged into weights of this dtype
+    # weights' dtype for decoding (models.compute_dtype): auto = bf16 on GPUs with it (else fp16), bf16 on
+    # CPUs that multiply it natively (else fp32); the adapter is merged into weights of this dtype
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     pot_timeout: float = 3.0  # seconds per PoT program in the sandbox
     n_subsets: int = 200  # k-subsets per problem for acc@k (all of them when there are fewer)
@@ -128,24 +77,18 @@ class EvalConfig:
     transfer_limit: int | None = None
 
     def __post_init__(self):
-        if self.k < 0:
-            raise ValueError(f"evaluate.k must be >= 0, got {self.k}")
-        if self.temperature < 0:
-            raise ValueError(f"evaluate.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"evaluate.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1 or self.batch_rows < 1 or self.n_subsets < 1 or self.bootstrap < 0:
-            raise ValueError("evaluate.max_new_tokens, batch_rows, n_subsets must be >= 1 and bootstrap >= 0")
-        if not 0 < self.ci < 1:
-            raise ValueError(f"evaluate.ci must be in (0, 1), got {self.ci}")
         from mdlab import data
 
-        names = [spec.split(":")[0] for spec in self.transfer]
+        if self.k < 0 or self.temperature < 0 or not 0 < self.top_p <= 1 or not 0 < self.ci < 1:
+            raise ValueError(f"evaluate: need k >= 0, temperature >= 0, top_p in (0, 1], ci in (0, 1); got "
+                             f"{self.k}, {self.temperature}, {self.top_p}, {self.ci}")
+        if self.max_new_tokens < 1 or self.batch_rows < 1 or self.n_subsets < 1 or self.bootstrap < 0:
+            raise ValueError("evaluate.max_new_tokens, batch_rows, n_subsets must be >= 1 and bootstrap >= 0")
         for spec in self.transfer:
             name, _, split = spec.partition(":")
             if name not in data.REGISTRY or split not in data.REGISTRY[name].splits:
                 raise ValueError(f"evaluate.transfer: {spec!r} is not a dataset:split of data.REGISTRY")
-        if len(set(names)) < len(names):
+        if len({spec.split(":")[0] for spec in self.transfer}) < len(self.transfer):
             raise ValueError(f"evaluate.transfer names a dataset twice: {self.transfer}")
         if self.transfer_limit is not None and self.transfer_limit < 1:
             raise ValueError(f"evaluate.transfer_limit must be >= 1 or null, got {self.transfer_limit}")
@@ -169,393 +112,52 @@ class Sample:
     base_seed: int | None = None  # the run's seed (``sample(seed=)``); None for greedy
     error: str | None = None  # why a path failed (the sandbox's last error line, an API error)
 
-
-@dataclasses.dataclass
-class Job:
-    """One prompt's missing paths, as the sampler hands them to a backend."""
-
-    problem: Any  # data.Problem
-    mode: str
-    prompt: str  # prompts.student_prompt(problem.question, mode)
-    indices: list[int]  # path indices (-1 = greedy)
-    seeds: list[int | None]  # per-path seeds (None = greedy), from sample_seed
+    @classmethod
+    def from_dict(cls, record: dict) -> Sample:
+        return cls(**{key: value for key, value in record.items() if key in _SAMPLE_FIELDS})
 
 
-@dataclasses.dataclass
-class Completion:
-    text: str  # generated text, cut at a stop string, without EOS
-    tokens: int  # generated tokens
-    finish: str  # "eos" | "stop" | "length"
-    seed: int | None = None  # the seed actually used (a server backend may derive its own)
-    error: str | None = None  # set when the backend could not produce this path (written, no vote)
+_SAMPLE_FIELDS = {f.name for f in dataclasses.fields(Sample)}
 
 
-def sample_seed(seed: int, problem_id: str, mode: str, index: int) -> int:
-    """The seed of one sampled path: a hash of the base seed, problem, mode and index (63 bits)."""
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{mode}\x00{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def _cut_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    cuts = [text.find(s) for s in stop if s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
-
-# ----------------------------------------------------------------------------- backends
-
-class HFBackend:
-    """A transformers model: shared prefill, per-path random streams, continuous batching.
-
-    ``stream`` keeps up to ``batch_rows`` paths decoding: a prompt's paths share its prefill
-    (its KV cache is copied to each of them), a finished path leaves the batch at once, and the
-    next prompts are prefilled and merged into the batch as soon as their rows fit, so the batch
-    stays full instead of draining to its slowest path. Merging left-pads the shorter KV cache
-    (and its attention mask); columns that are padding for every live row are trimmed.
-    """
-
-    def __init__(self, model, tokenizer, tag: str, *, batch_rows: int = 64):
-        import torch
-
-        self.model, self.tokenizer, self.tag, self.batch_rows = model, tokenizer, tag, batch_rows
-        self.device = next(model.parameters()).device
-        ends = {tokenizer.eos_token_id}
-        generation_ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        ends.update(generation_ends if isinstance(generation_ends, (list, tuple)) else [generation_ends])
-        self.eos = torch.tensor(sorted(e for e in ends if e is not None), device=self.device)
-        # transformers 5.24 renamed the KV cache's keyword and output field `past_key_values` to `cache`
-        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def prompt_length(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt).input_ids)
-
-    def _forward(self, cache, **inputs):
-        out = self.model(**{self.cache_key: cache}, use_cache=True, logits_to_keep=1, **inputs)
-        return out.logits[:, -1, :].float(), getattr(out, self.cache_key)
-
-    def _prefill(self, jobs: list[Job]):
-        """Logits, KV cache, attention mask and next positions for the paths of ``jobs`` (one prefill each)."""
-        import torch
-
-        enc = self.tokenizer([job.prompt for job in jobs], return_tensors="pt", padding=True,
-                             padding_side="left").to(self.device)
-        positions = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(None, input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                                      position_ids=positions)
-        owner = torch.tensor([j for j, job in enumerate(jobs) for _ in job.seeds], device=self.device)
-        cache.batch_select_indices(owner)  # the paths of a prompt share its prefill
-        return logits[owner], cache, enc.attention_mask[owner], positions[owner, -1] + 1
-
-    @staticmethod
-    def _mergeable(cache) -> bool:
-        return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(cache, "layers", [None]))
-
-    @staticmethod
-    def _merge(cache, mask, new_cache, new_mask):
-        """Append the rows of ``new_cache`` to ``cache``, left-padding the shorter one."""
-        import torch
-        import torch.nn.functional as F
-
-        width = max(mask.shape[1], new_mask.shape[1])
-        pad_a, pad_b = width - mask.shape[1], width - new_mask.shape[1]
-        for layer, new in zip(cache.layers, new_cache.layers):
-            layer.keys = torch.cat([F.pad(layer.keys, (0, 0, pad_a, 0)), F.pad(new.keys, (0, 0, pad_b, 0))])
-            layer.values = torch.cat([F.pad(layer.values, (0, 0, pad_a, 0)),
-                                      F.pad(new.values, (0, 0, pad_b, 0))])
-        return cache, torch.cat([F.pad(mask, (pad_a, 0)), F.pad(new_mask, (pad_b, 0))])
-
-    @staticmethod
-    def _trim(cache, mask):
-        """Drop leading KV columns that no live row attends to (left padding of rows now gone)."""
-        used = mask.any(0)
-        first = int(used.nonzero()[0]) if bool(used.any()) else 0
-        if first > 0:
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-            mask = mask[:, first:]
-        return mask
-
-    def stream(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
-               stop: Sequence[str] = STOP, batch_rows: int | None = None):
-        """Yield ``[(job index, completions), ...]`` each time some jobs have all their paths finished."""
-        import torch
-
-        pending = list(range(len(jobs)))
-        left = {j: len(job.seeds) for j, job in enumerate(jobs)}
-        done_rows: dict[int, list] = {j: [None] * len(job.seeds) for j, job in enumerate(jobs)}
-        limit = batch_rows or self.batch_rows
-        rows: list[tuple[int, int]] = []  # (job, slot) of each row, aligned with the tensors below
-        alive: list[bool] = []  # False: finished, still in the tensors until the next compaction
-        streams: list[random.Random | None] = []
-        tokens: list[list[int]] = []
-        logits = cache = mask = position = greedy = None
-        with torch.inference_mode():
-            while pending or rows:
-                admit = []
-                free = limit - len(rows)
-                while pending and (len(jobs[pending[0]].seeds) <= free or not rows and not admit):
-                    free -= len(jobs[pending[0]].seeds)
-                    admit.append(pending.pop(0))
-                if admit and (not rows or self._mergeable(cache)):
-                    new_logits, new_cache, new_mask, new_position = self._prefill([jobs[j] for j in admit])
-                    new_rows = [(j, slot) for j in admit for slot in range(len(jobs[j].seeds))]
-                    seeds = [jobs[j].seeds[slot] for j, slot in new_rows]
-                    new_greedy = torch.tensor([s is None for s in seeds], device=self.device)
-                    if rows:
-                        cache, mask = self._merge(cache, mask, new_cache, new_mask)
-                        logits, position = torch.cat([logits, new_logits]), torch.cat([position, new_position])
-                        greedy = torch.cat([greedy, new_greedy])
-                    else:
-                        logits, cache, mask, position = new_logits, new_cache, new_mask, new_position
-                        greedy = new_greedy
-                    rows += new_rows
-                    alive += [True] * len(new_rows)
-                    streams += [None if s is None else random.Random(s) for s in seeds]
-                    tokens += [[] for _ in new_rows]
-                elif admit:  # this cache cannot take new rows: wait until the batch is empty
-                    pending[:0] = admit
-                nxt = self._pick(logits, greedy, streams, temperature, top_p)
-                ended = torch.isin(nxt, self.eos).tolist()
-                finished = []
-                for i, token in enumerate(nxt.tolist()):
-                    if not alive[i]:
-                        continue
-                    tokens[i].append(token)
-                    finish = ("eos" if ended[i] else
-                              "stop" if stop and any(s in self.tokenizer.decode(tokens[i][-8:]) for s in stop)
-                              else "length" if len(tokens[i]) >= max_new_tokens else None)
-                    if finish is None:
-                        continue
-                    alive[i], streams[i] = False, None
-                    job, slot = rows[i]
-                    body = tokens[i][:-1] if finish == "eos" else tokens[i]
-                    text, _ = _cut_stop(self.tokenizer.decode(body, skip_special_tokens=True), stop)
-                    done_rows[job][slot] = Completion(text, len(tokens[i]), finish, jobs[job].seeds[slot])
-                    left[job] -= 1
-                    if left[job] == 0:
-                        finished.append((job, done_rows.pop(job)))
-                if finished:
-                    yield finished
-                # Finished rows leave the batch (and the KV cache) in groups: each removal copies the
-                # whole cache, so a few dead rows ride along until new prompts can take their place.
-                live = sum(alive)
-                dead = len(rows) - live
-                if dead and (live == 0 or dead >= max(1, limit // 8)
-                             or (pending and limit - live >= len(jobs[pending[0]].seeds))):
-                    keep = [i for i in range(len(rows)) if alive[i]]
-                    index = torch.tensor(keep, device=self.device, dtype=torch.long)
-                    if keep:
-                        cache.batch_select_indices(index)
-                        mask = self._trim(cache, mask[index])
-                    logits, nxt, position, greedy = logits[index], nxt[index], position[index], greedy[index]
-                    rows, alive = [rows[i] for i in keep], [True] * len(keep)
-                    streams, tokens = [streams[i] for i in keep], [tokens[i] for i in keep]
-                if not rows:
-                    continue
-                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-                logits, cache = self._forward(cache, input_ids=nxt[:, None], attention_mask=mask,
-                                              position_ids=position[:, None])
-                position = position + 1
-
-    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str] = STOP) -> list[list[Completion]]:
-        """One completion per (job, seed), in job order (``stream`` collected)."""
-        out: list = [None] * len(jobs)
-        for finished in self.stream(jobs, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                    stop=stop):
-            for job, completions in finished:
-                out[job] = completions
-        return out
-
-    @staticmethod
-    def _pick(logits, greedy, streams, temperature: float, top_p: float):
-        """Next token per row: argmax for greedy rows, else inverse-CDF sampling on the row's own stream."""
-        import torch
-
-        best = logits.argmax(-1)
-        if temperature == 0 or bool(greedy.all()):
-            return best
-        probs = torch.softmax(logits / temperature, dim=-1)
-        order = None
-        if top_p < 1.0:
-            probs, order = probs.sort(dim=-1, descending=True)
-            # drop the tail beyond top_p, keeping the token that crosses it
-            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-        cdf = probs.cumsum(-1)
-        # one uniform per row and step, from the row's own random.Random(seed): nothing else moves it
-        u = torch.tensor([s.random() if s is not None else 0.0 for s in streams], device=logits.device)
-        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        drawn = drawn.clamp(max=probs.shape[-1] - 1)
-        if order is not None:
-            drawn = order.gather(1, drawn.unsqueeze(1)).squeeze(1)
-        return torch.where(greedy, best, drawn)
-
-
-class OpenAIBackend(teachers.OpenAICompatible):
-    """A served student over an OpenAI-compatible ``/v1/completions`` API (vLLM, ``transformers serve``).
-
-    The teachers' client, with the student's plain-text input instead of a few-shot prompt (the
-    student was trained without a chat template). It brings retries, the API-key rules (a
-    variable named by ``api_key_env``; none needed on loopback) and ``n`` detection: a server
-    that ignores ``n`` (``transformers serve``) gets one request per path. Its seeds are the
-    teachers' per-request seeds, derived from the base seed and recorded per path. Note that
-    ``transformers serve`` samples only when the served model's generation config says
-    ``do_sample``; otherwise it decodes greedily whatever the temperature.
-    """
-
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, timeout: float = 600.0, retries: int = 6,
-                 extra_body: dict | None = None):
-        super().__init__(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-                         api="completions", timeout=timeout, retries=retries, name=f"openai:{model}",
-                         extra_body=extra_body)
-        self.tag, self.batch_rows, self._extra = self.name, 4 * concurrency, dict(extra_body or {})
-
-    def prompt(self, problem, mode: str) -> str:
-        return prompts.student_prompt(problem.question, mode)
-
-    def prompt_length(self, prompt: str) -> int:
-        return len(prompt)
-
-    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int = 0, stop: Sequence[str] = STOP) -> list[list[Completion]]:
-        self.extra_body = {**self._extra, **({"top_p": top_p} if top_p < 1 else {})}
-        requests = []
-        for job in jobs:
-            sampled = [i for i in job.indices if i >= 0]
-            if -1 in job.indices:
-                requests.append(teachers.Request(job.problem, job.mode, [-1], 0.0, max_new_tokens, seed))
-            if sampled:
-                requests.append(teachers.Request(job.problem, job.mode, sampled, temperature, max_new_tokens,
-                                                 seed))
-        got = {}
-        for chunk in self.run(requests):
-            for c in chunk:
-                got[(c.problem_id, c.sample)] = c
-        out = []
-        for job in jobs:
-            group = []
-            for index in job.indices:
-                c = got.get((job.problem.id, index))
-                if c is None or c.failed:  # transport failure after retries: not written, a rerun retries it
-                    group.append(None)
-                    continue
-                text, cut = _cut_stop(c.raw or "", stop)
-                finish = "length" if c.finish_reason == "length" else ("stop" if cut else "eos")
-                group.append(Completion(text, int(c.tokens.get("completion", 0)), finish,
-                                        None if index < 0 else c.params.get("request_seed"),
-                                        error=c.error if c.status == "api_error" else None))
-            out.append(group)
-        return out
-
-
-class VLLMBackend:
-    """vLLM in-process (GPU users; ``pip install vllm``): one request per path with its own seed.
-
-    vLLM's prefix cache computes a prompt's prefill once for its k requests, and its scheduler
-    batches continuously, so this backend only builds requests. ``adapter`` is a LoRA directory.
-    """
-
-    def __init__(self, model: str, *, adapter: str | os.PathLike | None = None, tag: str | None = None,
-                 **llm_kwargs):
-        try:
-            import vllm
-        except ImportError as exc:
-            raise ImportError("VLLMBackend needs vLLM (pip install vllm, on a CUDA machine)") from exc
-        from mdlab import models
-
-        self._vllm = vllm
-        kwargs = {"enable_prefix_caching": True, **llm_kwargs}
-        if adapter is not None:
-            kwargs.setdefault("enable_lora", True)
-        self.llm = vllm.LLM(model=models.resolve(model), **kwargs)
-        self.lora = None
-        if adapter is not None:
-            from vllm.lora.request import LoRARequest
-
-            self.lora = LoRARequest("student", 1, str(adapter))
-        self.tag = tag or (str(model) if adapter is None else _adapter_tag(Path(adapter)))
-        self.batch_rows = 4096
-
-    def prompt_length(self, prompt: str) -> int:
-        return len(prompt)
-
-    def generate(self, jobs: list[Job], *, temperature: float, top_p: float, max_new_tokens: int,
-                 stop: Sequence[str] = STOP) -> list[list[Completion]]:
-        params, texts = [], []
-        for job in jobs:
-            for seed in job.seeds:
-                params.append(self._vllm.SamplingParams(
-                    n=1, temperature=0.0 if seed is None else temperature,
-                    top_p=1.0 if seed is None else top_p, seed=seed, max_tokens=max_new_tokens,
-                    stop=list(stop)))
-                texts.append(job.prompt)
-        results = iter(self.llm.generate(texts, params, lora_request=self.lora, use_tqdm=False))
-        out = []
-        for job in jobs:
-            group = []
-            for seed in job.seeds:
-                choice = next(results).outputs[0]
-                finish = ("length" if choice.finish_reason == "length"
-                          else "stop" if choice.stop_reason else "eos")
-                group.append(Completion(choice.text, len(choice.token_ids), finish, seed))
-            out.append(group)
-        return out
-
-
-def _adapter_hash(adapter: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
-        if (adapter / name).exists():
-            digest.update((adapter / name).read_bytes())
-    return digest.hexdigest()[:12]
-
+# ----------------------------------------------------------------------------- student directories, backends
 
 def _adapter_of(path: Path) -> Path | None:
     """The adapter directory of a student directory or of an adapter directory, else None."""
-    for candidate in (path / "adapter", path):
-        if (candidate / "adapter_config.json").exists():
-            return candidate
-    return None
+    return next((c for c in (path / "adapter", path) if (c / "adapter_config.json").exists()), None)
 
 
-BASE_STUDENT = "base"
-
-
-def base_student(run_dir: str | os.PathLike, model: str) -> Path:
-    """``students/base/``: the untrained ``model`` as a student without adapter (both modes, greedy).
-
-    It answers from the same student prompts as the trained students, so its accuracy is what
-    training added to; its ``manifest.json`` names the model.
-    """
-    folder = Path(run_dir) / "students" / BASE_STUDENT
-    manifest = {"student": BASE_STUDENT, "base_model": str(model), "by_mode": {m: 1 for m in prompts.MODES}}
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "manifest.json").exists() or json.loads((folder / "manifest.json").read_text()) != manifest:
-        runs.write_json_atomic(folder / "manifest.json", manifest)
-    return folder
+def _adapter_tag(adapter: Path) -> str:
+    """Model tag of a student: its name and its training fingerprint (else a hash of the adapter files)."""
+    trained = runs.read_manifest(adapter)
+    name = trained.get("student", adapter.parent.name if adapter.name == "adapter" else adapter.name)
+    if not trained.get("fingerprint"):
+        digest = hashlib.sha256()
+        for file in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
+            if (adapter / file).exists():
+                digest.update((adapter / file).read_bytes())
+        return f"{name}:{digest.hexdigest()[:12]}"
+    return f"{name}:{str(trained['fingerprint'])[:12]}"
 
 
 def _base_model_of(path: Path) -> str | None:
     """The model a ``base_student`` directory names, else None."""
-    manifest = path / "manifest.json"
-    if path.is_dir() and manifest.exists() and _adapter_of(path) is None:
-        return json.loads(manifest.read_text()).get("base_model")
-    return None
+    return None if _adapter_of(path) else runs.read_manifest(path).get("base_model")
+
+
+def base_student(run_dir: str | os.PathLike, model: str) -> Path:
+    """``students/base/``: the untrained ``model`` as a student (no adapter, both modes, greedy)."""
+    folder = Path(run_dir) / "students" / BASE_STUDENT
+    manifest = {"student": BASE_STUDENT, "base_model": str(model), "by_mode": {m: 1 for m in prompts.MODES}}
+    folder.mkdir(parents=True, exist_ok=True)
+    if runs.read_manifest(folder) != manifest:
+        runs.write_json_atomic(folder / "manifest.json", manifest)
+    return folder
 
 
 def short_tag(tag: str) -> str:
-    """A model tag for people: ``md`` for ``md:24fc023af6b2`` (the training fingerprint stays in the samples)."""
+    """A model tag for people: ``md`` for ``md:24fc023af6b2`` (the fingerprint stays in the samples)."""
     return re.sub(r":[0-9a-f]{12}$", "", tag)
-
-
-def _adapter_tag(adapter: Path) -> str:
-    """Model tag of a student: its name and its training fingerprint (or a hash of the adapter files)."""
-    name = adapter.parent.name if adapter.name == "adapter" else adapter.name
-    manifest = adapter / "manifest.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text())
-        return f"{data.get('student', name)}:{str(data.get('fingerprint') or _adapter_hash(adapter))[:12]}"
-    return f"{name}:{_adapter_hash(adapter)}"
 
 
 def _load_adapter(adapter: Path, dtype: str = "auto"):
@@ -573,27 +175,22 @@ def _load_adapter(adapter: Path, dtype: str = "auto"):
 
 
 def backend(model, *, batch_rows: int = 64, tag: str | None = None, dtype: str = "auto"):
-    """A backend for whatever ``model`` is (see the module docstring); ``dtype`` for models it loads."""
+    """A backend for ``model`` (a backend, a (model, tokenizer) pair, a student directory, a model name
+    or path); ``dtype`` for the models it loads."""
     if hasattr(model, "generate") and hasattr(model, "tag") and hasattr(model, "prompt_length"):
         return model
     from mdlab import models
 
+    path = Path(str(model))
     if isinstance(model, tuple):
-        loaded, tokenizer = model
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        name = getattr(loaded, "name_or_path", "model")
-        return HFBackend(loaded, tokenizer, tag or name, batch_rows=batch_rows)
-    adapter = _adapter_of(Path(str(model)))
-    if adapter is not None:
-        loaded, tokenizer = _load_adapter(adapter, dtype)
-        return HFBackend(loaded, tokenizer, tag or _adapter_tag(adapter), batch_rows=batch_rows)
-    base = _base_model_of(Path(str(model)))
-    if base is not None:  # students/base/: the untrained model, asked with the students' prompts
-        loaded, tokenizer = models.load(base, dtype=dtype)
-        return HFBackend(loaded, tokenizer, tag or f"base:{base}", batch_rows=batch_rows)
-    loaded, tokenizer = models.load(str(model), dtype=dtype)
-    return HFBackend(loaded, tokenizer, tag or str(model), batch_rows=batch_rows)
+        (loaded, tokenizer), tag = model, tag or getattr(model[0], "name_or_path", "model")
+    elif (adapter := _adapter_of(path)) is not None:
+        (loaded, tokenizer), tag = _load_adapter(adapter, dtype), tag or _adapter_tag(adapter)
+    elif (base := _base_model_of(path)) is not None:  # students/base/: the untrained model, student prompts
+        (loaded, tokenizer), tag = models.load(base, dtype=dtype), tag or f"base:{base}"
+    else:
+        (loaded, tokenizer), tag = models.load(str(model), dtype=dtype), tag or str(model)
+    return HFBackend(loaded, tokenizer, tag, batch_rows=batch_rows, stop=STOP)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -605,31 +202,27 @@ def _key(rec: dict) -> tuple:
 
 
 def _finish_batch(jobs: list[Job], completions, tag: str, params: dict, store: runs.JsonlStore,
-                  pot_timeout: float, progress, lock: threading.Lock) -> int:
+                  pot_timeout: float, progress, lock: threading.Lock) -> None:
     """Answers for one generated batch (the sandbox for PoT programs), then one durable append."""
     flat = [(job, index, c) for job, group in zip(jobs, completions) for index, c in zip(job.indices, group)
             if c is not None]
-    scored = iter(answers.score([c.text for _, _, c in flat if c.error is None],
-                                [job.mode for job, _, c in flat if c.error is None], timeout=pot_timeout))
+    ok = [(job, c) for job, _, c in flat if c.error is None]
+    scored = iter(answers.score([c.text for _, c in ok], [job.mode for job, _ in ok], timeout=pot_timeout))
     records = []
     for job, index, c in flat:
-        if c.error is not None:
-            answer, status, error = None, "api_error", c.error
-        else:
-            s = next(scored)
-            answer, status, error = s.answer, s.status, s.error
+        s = next(scored) if c.error is None else None
         sampled = index >= 0
         records.append(Sample(
-            problem_id=job.problem.id, mode=job.mode, index=index, text=c.text, answer=answer, status=status,
+            problem_id=job.problem.id, mode=job.mode, index=index, text=c.text,
+            answer=s.answer if s else None, status=s.status if s else "api_error",
             seed=c.seed if sampled else None, model=tag, tokens=c.tokens, finish=c.finish,
             temperature=params["temperature"] if sampled else 0.0, top_p=params["top_p"] if sampled else 1.0,
             max_new_tokens=params["max_new_tokens"], base_seed=params["seed"] if sampled else None,
-            error=error))
+            error=s.error if s else c.error))
     with lock:
         store.extend(records)
     if progress is not None:
         progress.update(len(records))
-    return len(records)
 
 
 def _generated(engine, jobs: list[Job], rows_per_batch: int, kwargs: dict):
@@ -651,20 +244,14 @@ def _generated(engine, jobs: list[Job], rows_per_batch: int, kwargs: dict):
 def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int, run_dir,
            greedy: bool = True, top_p: float = 1.0, max_new_tokens: int = 256, batch_rows: int | None = None,
            pot_timeout: float = 3.0, tag: str | None = None, progress: bool = True) -> list[Sample]:
-    """Greedy (index -1) and k sampled paths per problem, appended to ``run_dir/samples.jsonl``.
-
-    ``model``: a name or path, a student directory, a ``(model, tokenizer)`` pair or a backend
-    (``backend(...)``, ``OpenAIBackend``, ``VLLMBackend``); pass a backend to load a model once
-    for several calls. Resumable: a path already in the file (same key) is not decoded again.
-    Returns this call's samples (old and new) in problem order, greedy first, then by index.
-    """
+    """Greedy (index -1) and k sampled paths per problem, appended to ``run_dir/samples.jsonl`` (resumed);
+    returns this call's samples, old and new, by problem, greedy first."""
     if mode not in prompts.MODES:
         raise ValueError(f"mode must be one of {prompts.MODES}, got {mode!r}")
     if k > 0 and temperature <= 0:
         raise ValueError("sampled paths need temperature > 0 (greedy=True gives the greedy path)")
     store = runs.JsonlStore(Path(runs.run_dir(run_dir)) / SAMPLES_FILE)
     engine = backend(model, batch_rows=batch_rows or 64, tag=tag)
-    rows_per_batch = batch_rows or engine.batch_rows
     params = {"temperature": float(temperature), "top_p": float(top_p), "max_new_tokens": int(max_new_tokens),
               "seed": int(seed)}
     indices = ([-1] if greedy else []) + list(range(k))
@@ -697,15 +284,13 @@ def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int,
 
             bar = tqdm(total=sum(len(job.indices) for job in jobs), desc=f"{short_tag(engine.tag)} {mode}",
                        unit="path")
-        generate_kwargs = {"temperature": params["temperature"], "top_p": params["top_p"],
-                           "max_new_tokens": params["max_new_tokens"]}
+        kwargs = {key: params[key] for key in ("temperature", "top_p", "max_new_tokens")}
         if isinstance(engine, OpenAIBackend):
-            generate_kwargs["seed"] = seed
-        lock = threading.Lock()
-        futures: list[Future] = []
+            kwargs["seed"] = seed
+        lock, futures = threading.Lock(), []
         # one worker: answers (the sandbox for PoT) and appends run while generation goes on
         with ThreadPoolExecutor(1) as writer:
-            for batch, completions in _generated(engine, jobs, rows_per_batch, generate_kwargs):
+            for batch, completions in _generated(engine, jobs, batch_rows or engine.batch_rows, kwargs):
                 futures.append(writer.submit(_finish_batch, batch, completions, engine.tag, params, store,
                                              pot_timeout, bar, lock))
                 for future in [f for f in futures if f.done()]:
@@ -719,90 +304,58 @@ def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int,
     if missing:
         raise RuntimeError(f"{len(missing)} path(s) could not be generated (e.g. {missing[:3]}): the server "
                            "failed after its retries; run sample() again to retry them")
-    return [Sample(**_fields(have[key(problem, i)])) for problem in problems for i in indices]
-
-
-def _fields(rec: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(Sample)}
-    return {key: value for key, value in rec.items() if key in names}
+    return [Sample.from_dict(have[key(problem, i)]) for problem in problems for i in indices]
 
 
 def read_samples(path: str | os.PathLike) -> list[Sample]:
     """The samples of a ``samples.jsonl`` (or of a directory holding one), duplicates dropped."""
     path = Path(path)
-    if path.is_dir():
-        path = path / SAMPLES_FILE
+    path = path / SAMPLES_FILE if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run notebooks/04_self_consistency.ipynb first")
-    seen, out = set(), []
+    first = {}
     for rec in runs.JsonlStore(path).read():
-        if _key(rec) not in seen:
-            seen.add(_key(rec))
-            out.append(Sample(**_fields(rec)))
-    return out
+        first.setdefault(_key(rec), rec)
+    return [Sample.from_dict(rec) for rec in first.values()]
 
 
-# ----------------------------------------------------------------------------- voting
-
-def vote(answers_: Iterable[float | None]) -> float | None:
-    """Majority answer: None does not vote, ``answers.same`` pools, ties go to the earliest first path."""
-    candidates: list[list] = []  # [representative, count, first position]
-    for position, answer in enumerate(answers_):
-        if answer is None:
-            continue
-        for candidate in candidates:
-            if answers.same(answer, candidate[0]):
-                candidate[1] += 1
-                break
-        else:
-            candidates.append([answer, 1, position])
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: (c[1], -c[2]))[0]
-
+# ----------------------------------------------------------------------------- voting and acc@k
 
 def _clusters(values: list[float | None]) -> tuple[list[int], list[float]]:
-    """Candidate id per path (-1 = no vote), the same grouping ``vote`` makes, and the representatives."""
+    """Candidate id per path (-1 = no vote; answers equal under ``answers.same`` join the first such
+    candidate) and each candidate's first answer."""
     reps: list[float] = []
     ids = []
     for value in values:
-        if value is None:
-            ids.append(-1)
-            continue
-        for c, rep in enumerate(reps):
-            if answers.same(value, rep):
-                ids.append(c)
-                break
-        else:
+        same = None if value is None else next((c for c, r in enumerate(reps) if answers.same(value, r)),
+                                               None)
+        if value is not None and same is None:
             reps.append(value)
-            ids.append(len(reps) - 1)
+            same = len(reps) - 1
+        ids.append(-1 if same is None else same)
     return ids, reps
 
 
-def _subsets(n: int, k: int, limit: int, rng):
+def vote(answers_: Iterable[float | None]) -> float | None:
+    """Majority answer: None does not vote, ``answers.same`` pools, ties go to the earliest first path."""
+    ids, reps = _clusters(list(answers_))
+    # candidates are numbered in order of their first path, so the lower id wins a tie
+    return reps[max(range(len(reps)), key=lambda c: (ids.count(c), -c))] if reps else None
+
+
+def _subsets(n: int, k: int, limit: int, rng, *, random_: bool = False):
     """Index subsets (rows sorted): all C(n, k) when at most ``limit``, else ``limit`` random ones."""
-    import numpy as np
-
-    if math.comb(n, k) <= limit:
+    if not random_ and math.comb(n, k) <= limit:
         return np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
-    return _random_subsets(n, k, limit, rng)
-
-
-def _random_subsets(n: int, k: int, count: int, rng):
-    import numpy as np
-
-    return np.sort(np.argsort(rng.random((count, n)), axis=1)[:, :k], axis=1)
+    return np.sort(np.argsort(rng.random((limit, n)), axis=1)[:, :k], axis=1)
 
 
 def _vote_rows(ids, correct):
     """Vectorised ``vote`` over rows of candidate ids in list order: 1.0 / 0.0 correct, NaN no winner."""
-    import numpy as np
-
     rows, width = ids.shape
-    n_cand = len(correct)
-    if n_cand == 0:
+    if not correct:
         return np.full(rows, np.nan)
-    onehot = ids[:, :, None] == np.arange(n_cand)[None, None, :]
+    onehot = ids[:, :, None] == np.arange(len(correct))[None, None, :]
     counts = onehot.sum(1)
     first = np.where(onehot.any(1), onehot.argmax(1), width)
     winner = (counts * (width + 1) - first).argmax(1)
@@ -811,44 +364,38 @@ def _vote_rows(ids, correct):
 
 def _problem_acc(cot: list, pot: list, gold: float, policy: str, k: int, limit: int, rng) -> float:
     """Mean correctness of the policy's vote over k-subsets of one problem's paths."""
-    import numpy as np
-
     ids, reps = _clusters(list(pot) + list(cot))
     ids = np.asarray(ids, dtype=np.int64)
     pot_ids, cot_ids = ids[:len(pot)], ids[len(pot):]
     correct = [answers.same(rep, gold) for rep in reps]
     if policy in ("cot", "pot"):
         pool = cot_ids if policy == "cot" else pot_ids
-        won = _vote_rows(pool[_subsets(len(pool), k, limit, rng)], correct)
-        return float(np.nan_to_num(won).mean())
+        return float(np.nan_to_num(_vote_rows(pool[_subsets(len(pool), k, limit, rng)], correct)).mean())
     if math.comb(len(pot), k) * math.comb(len(cot), k) <= limit:
         pairs = list(itertools.product(_subsets(len(pot), k, limit, rng), _subsets(len(cot), k, limit, rng)))
         pot_rows = np.array([p for p, _ in pairs]).reshape(-1, k)
         cot_rows = np.array([c for _, c in pairs]).reshape(-1, k)
     else:  # independent random halves: k PoT paths and k CoT paths per draw
-        pot_rows = _random_subsets(len(pot), k, limit, rng)
-        cot_rows = _random_subsets(len(cot), k, limit, rng)
+        pot_rows = _subsets(len(pot), k, limit, rng, random_=True)
+        cot_rows = _subsets(len(cot), k, limit, rng, random_=True)
     if policy in ("mixed", "ensemble"):  # ensemble: the same vote over two students' paths
         won = _vote_rows(np.concatenate([pot_ids[pot_rows], cot_ids[cot_rows]], axis=1), correct)
-    elif policy == "pot_then_cot":
+    else:  # pot_then_cot
         won = _vote_rows(pot_ids[pot_rows], correct)
         won = np.where(np.isnan(won), _vote_rows(cot_ids[cot_rows], correct), won)
-    else:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     return float(np.nan_to_num(won).mean())
 
 
 def _as_samples(samples) -> list[Sample]:
     if hasattr(samples, "to_dict"):  # a DataFrame
         samples = samples.to_dict("records")
-    return [s if isinstance(s, Sample) else Sample(**_fields(s)) for s in samples]
+    return [s if isinstance(s, Sample) else Sample.from_dict(s) for s in samples]
 
 
 def _group(samples, problems, modes, *, sampled: bool) -> dict[str, dict[str, list]]:
     """problem id -> mode -> answers in index order (sampled paths, or the greedy one)."""
     samples = _as_samples(samples)
-    gold_ids = {p.id for p in problems}
-    stray = sorted({s.problem_id for s in samples} - gold_ids)
+    stray = sorted({s.problem_id for s in samples} - {p.id for p in problems})
     if stray:
         raise ValueError(f"samples for problems not in `problems`: {stray[:5]}"
                          f"{' ...' if len(stray) > 5 else ''}")
@@ -871,31 +418,18 @@ def _modes(policy: str) -> tuple[str, ...]:
 
 def _interval(per_problem, bootstrap: int, ci: float, seed: int):
     """Percentile bootstrap over problems: (lo, hi) per column of a [problems, columns] array."""
-    import numpy as np
-
     per_problem = np.asarray(per_problem, float)
     if bootstrap == 0 or len(per_problem) < 2:
-        mean = per_problem.mean(0)
-        return mean, mean
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(per_problem), size=(bootstrap, len(per_problem)))
-    means = per_problem[draws].mean(1)
-    tail = (1 - ci) / 2 * 100
+        return per_problem.mean(0), per_problem.mean(0)
+    draws = np.random.default_rng(seed).integers(0, len(per_problem), size=(bootstrap, len(per_problem)))
+    means, tail = per_problem[draws].mean(1), (1 - ci) / 2 * 100
     return np.percentile(means, tail, axis=0), np.percentile(means, 100 - tail, axis=0)
 
 
 def per_problem(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
                 greedy: bool = False, n_subsets: int = 200, seed: int = 0):
-    """Each problem's correctness: DataFrame indexed by problem id, one column per k.
-
-    Sampled paths: a problem's acc@k, the mean correctness of the policy's vote over k-subsets
-    of its paths. ``greedy``: the greedy paths, one column (k = 1) of 0/1: a vote over one path
-    per mode is that path, and the PoT-first order makes ``mixed`` and ``pot_then_cot`` take the
-    program's answer, else the CoT's. Paired statistics take these columns.
-    """
-    import numpy as np
-    import pandas as pd
-
+    """Each problem's correctness (rows: problem ids; a column per k): acc@k over k-subsets, or with
+    ``greedy`` one 0/1 column from the greedy paths (PoT first, as in ``mixed`` / ``pot_then_cot``)."""
     modes = _modes(policy)
     grouped = _group(samples, problems, modes, sampled=not greedy)
     n_min = min(len(by_mode[m]) for by_mode in grouped.values() for m in modes)
@@ -915,25 +449,19 @@ def per_problem(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int
 def acc_at_k(samples, problems, *, policy: Policy = "mixed", ks: Sequence[int] | None = None,
              n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
     """Accuracy vs k (paths per mode) for one policy: DataFrame with k, acc, lo, hi, n (problems)."""
-    import pandas as pd
-
     table = per_problem(samples, problems, policy=policy, ks=ks, n_subsets=n_subsets, seed=seed)
     lo, hi = _interval(table.to_numpy(), bootstrap, ci, seed)
     return pd.DataFrame({"k": list(table.columns), "acc": table.mean(0).to_numpy(), "lo": lo, "hi": hi,
                          "n": len(table)})
 
 
-def greedy_accuracy(samples, problems, *, policies: Sequence[str] = ("cot", "pot", "pot_then_cot"),
+def greedy_accuracy(samples, problems, *, policies: Sequence[str] = GREEDY,
                     bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
     """Single-path (greedy) accuracy per policy present: DataFrame with policy, acc, lo, hi, n."""
-    import pandas as pd
-
     samples = _as_samples(samples)
     present = {s.mode for s in samples if s.index < 0}
     rows = []
-    for policy in policies:
-        if not set(_modes(policy)) <= present:
-            continue
+    for policy in [p for p in policies if set(_modes(p)) <= present]:
         hits = per_problem(samples, problems, policy=policy, greedy=True)
         lo, hi = _interval(hits.to_numpy(), bootstrap, ci, seed)
         rows.append({"policy": policy, "acc": float(hits[1].mean()), "lo": float(lo[0]), "hi": float(hi[0]),
@@ -941,11 +469,25 @@ def greedy_accuracy(samples, problems, *, policies: Sequence[str] = ("cot", "pot
     return pd.DataFrame(rows, columns=["policy", "acc", "lo", "hi", "n"])
 
 
+def curves(samples, problems, *, policies: Sequence[str] = STUDENT_POLICIES, ks: Sequence[int] | None = None,
+           n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
+    """acc@k for every policy whose modes have sampled paths: DataFrame with policy, k, acc, lo, hi, n."""
+    samples = _as_samples(samples)
+    present = {s.mode for s in samples if s.index >= 0}
+    frames = [acc_at_k(samples, problems, policy=policy, ks=ks, n_subsets=n_subsets, seed=seed,
+                       bootstrap=bootstrap, ci=ci).assign(policy=policy)
+              for policy in policies if set(_modes(policy)) <= present]
+    return _frame(frames, ["policy", "k", "acc", "lo", "hi", "n"])
+
+
+def _frame(frames: list, columns: list[str]):
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
 def _paired(a, b):
     """Two per-problem vectors as aligned float arrays (pandas objects are aligned on problem id)."""
-    import numpy as np
-    import pandas as pd
-
     if isinstance(a, pd.Series) and isinstance(b, pd.Series):
         if set(a.index) != set(b.index):
             raise ValueError("a paired comparison needs the same problems on both sides")
@@ -957,10 +499,7 @@ def _paired(a, b):
 
 
 def paired_bootstrap(a, b, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0):
-    """(diff, lo, hi) of mean(a) - mean(b) in percentage points, problems resampled jointly for the interval.
-
-    ``a``, ``b``: per-problem correctness on the same problems (``per_problem`` columns).
-    """
+    """(diff, lo, hi) of mean(a) - mean(b) in points; a, b per-problem correctness, resampled jointly."""
     a, b = _paired(a, b)
     lo, hi = _interval((a - b)[:, None], bootstrap, ci, seed)
     return 100 * float((a - b).mean()), 100 * float(lo[0]), 100 * float(hi[0])
@@ -977,34 +516,24 @@ def mcnemar(a_correct, b_correct) -> float:
     return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def curves(samples, problems, *, policies: Sequence[str] = STUDENT_POLICIES, ks: Sequence[int] | None = None,
-           n_subsets: int = 200, seed: int = 0, bootstrap: int = 1000, ci: float = 0.95):
-    """acc@k for every policy whose modes have sampled paths: DataFrame with policy, k, acc, lo, hi, n."""
-    import pandas as pd
-
-    samples = _as_samples(samples)
-    present = {s.mode for s in samples if s.index >= 0}
-    frames = []
-    for policy in policies:
-        if set(_modes(policy)) <= present:
-            frame = acc_at_k(samples, problems, policy=policy, ks=ks, n_subsets=n_subsets, seed=seed,
-                             bootstrap=bootstrap, ci=ci)
-            frames.append(frame.assign(policy=policy))
-    if not frames:
-        return pd.DataFrame(columns=["policy", "k", "acc", "lo", "hi", "n"])
-    return pd.concat(frames, ignore_index=True)[["policy", "k", "acc", "lo", "hi", "n"]]
-
-
 # ----------------------------------------------------------------------------- students (notebooks 04-05)
 
-def students(run_dir: str | os.PathLike) -> list[Path]:
-    """Student directories ``students/<name>/``, MD first.
+def _student_tag(student_dir: Path) -> str | None:
+    """The model tag of a student's samples (None: not a student, or a bare ``students/base/``)."""
+    adapter = _adapter_of(student_dir)
+    if adapter is not None:
+        return _adapter_tag(adapter)
+    base = _base_model_of(student_dir)
+    if base is not None:
+        return f"base:{base}"  # the tag ``backend`` gives a base_student directory
+    trained = runs.read_manifest(student_dir)
+    if trained.get("fingerprint") and (student_dir / SAMPLES_FILE).exists():  # samples without the adapter
+        return f"{trained.get('student', student_dir.name)}:{str(trained['fingerprint'])[:12]}"
+    return None
 
-    A student is trained (``adapter/``), the untrained base model (``base_student``: a
-    ``manifest.json`` naming ``base_model``, or a bare ``students/base/`` with a samples file), or
-    a trained student's samples shipped without its adapter (``manifest.json`` with the training
-    fingerprint + ``samples.jsonl``, as ``python -m mdlab recompute`` unpacks them).
-    """
+
+def students(run_dir: str | os.PathLike) -> list[Path]:
+    """Student directories, MD first: trained (``adapter/``), the base model, or shipped samples."""
     root = Path(run_dir) / "students"
     found = sorted((d for d in root.glob("*") if _student_tag(d) is not None
                     or (d.name == BASE_STUDENT and (d / SAMPLES_FILE).exists())),
@@ -1018,33 +547,16 @@ def students(run_dir: str | os.PathLike) -> list[Path]:
 def student_modes(student_dir: str | os.PathLike) -> tuple[str, ...]:
     """The modes a student was trained on (its manifest's example counts), else from its name."""
     student_dir = Path(student_dir)
-    for manifest in (student_dir / "manifest.json", student_dir / "adapter" / "manifest.json"):
-        if manifest.exists():
-            by_mode = json.loads(manifest.read_text()).get("by_mode") or {}
-            modes = tuple(m for m in prompts.MODES if by_mode.get(m))
-            if modes:
-                return modes
+    for folder in (student_dir, student_dir / "adapter"):
+        by_mode = runs.read_manifest(folder).get("by_mode") or {}
+        modes = tuple(m for m in prompts.MODES if by_mode.get(m))
+        if modes:
+            return modes
     return (student_dir.name,) if student_dir.name in prompts.MODES else prompts.MODES
 
 
-def _student_tag(student_dir: Path) -> str | None:
-    """The model tag of a student's samples (None: any, for a bare ``students/base/`` samples file)."""
-    adapter = _adapter_of(student_dir)
-    if adapter is not None:
-        return _adapter_tag(adapter)
-    base = _base_model_of(student_dir)
-    if base is not None:
-        return f"base:{base}"  # the tag ``backend`` gives a base_student directory
-    manifest = student_dir / "manifest.json"
-    if manifest.exists() and (student_dir / SAMPLES_FILE).exists():  # samples without the adapter
-        trained = json.loads(manifest.read_text())
-        if trained.get("fingerprint"):
-            return f"{trained.get('student', student_dir.name)}:{str(trained['fingerprint'])[:12]}"
-    return None
-
-
 def student_k(student_dir: str | os.PathLike, config: EvalConfig) -> int:
-    """Sampled paths per mode a student gets: k (MD), baseline_k (single-mode students), 0 (not in sc_students)."""
+    """Sampled paths per mode: k (MD), baseline_k (single-mode students), 0 (not in sc_students)."""
     student_dir = Path(student_dir)
     if student_dir.name not in config.sc_students:
         return 0
@@ -1059,18 +571,12 @@ def student_backend(student_dir: str | os.PathLike, config: EvalConfig):
 
 def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig, *, progress: bool = True,
                    k: int | None = None, out_dir: str | os.PathLike | None = None, engine=None):
-    """Greedy + k paths in each of the student's modes into ``student_dir/samples.jsonl``.
-
-    Students named in ``config.sc_students`` get ``config.k`` sampled paths, the others greedy
-    only; ``k`` overrides that (0: greedy only). ``out_dir``: where the samples file goes instead
-    (transfer sets); ``engine``: the student's backend when the caller has loaded it already.
-    Returns (samples, seconds, generated tokens this call).
-    """
+    """Greedy + k (``student_k`` unless given) paths per mode into ``out_dir`` (else the student's
+    directory), with ``engine`` if loaded: (samples, seconds, generated tokens this call)."""
     student_dir = Path(student_dir)
     out_dir = Path(out_dir or student_dir)
     store = runs.JsonlStore(out_dir / SAMPLES_FILE)
-    before = len(store.read())
-    start = time.perf_counter()
+    before, start = len(store.read()), time.perf_counter()
     engine = student_backend(student_dir, config) if engine is None else engine
     k = student_k(student_dir, config) if k is None else k
     out = []
@@ -1078,14 +584,11 @@ def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig,
         out += sample(engine, problems, mode, k=k, temperature=config.temperature, seed=config.seed,
                       run_dir=out_dir, greedy=config.greedy or k == 0, top_p=config.top_p,
                       max_new_tokens=config.max_new_tokens, pot_timeout=config.pot_timeout, progress=progress)
-    new = store.read()[before:]
-    return out, time.perf_counter() - start, sum(r["tokens"] for r in new)
+    return out, time.perf_counter() - start, sum(r["tokens"] for r in store.read()[before:])
 
 
 def summary(samples):
     """Per mode and kind (greedy / sampled): paths, share with an answer, share ended by EOS, mean tokens."""
-    import pandas as pd
-
     frame = pd.DataFrame([dataclasses.asdict(s) for s in _as_samples(samples)])
     if frame.empty:
         return frame
@@ -1097,40 +600,14 @@ def summary(samples):
 
 
 def select(samples, config: EvalConfig, *, model: str | None = None, problems=None) -> list[Sample]:
-    """The samples a config asked for (seed, temperature, top_p, max_new_tokens), of one model and problems.
-
-    A samples file can hold several runs (another temperature, a retrained student); scores
-    must not mix them.
-    """
+    """The samples a config asked for (seed, temperature, top_p, max_new_tokens), of one model and
+    problems: a samples file can hold several runs (another temperature, a retrained student)."""
     wanted = None if problems is None else {p.id for p in problems}
-    out = []
-    for s in _as_samples(samples):
-        if (model is not None and s.model != model) or (wanted is not None and s.problem_id not in wanted):
-            continue
-        if s.max_new_tokens != config.max_new_tokens:
-            continue
-        if s.index >= 0 and (s.temperature != config.temperature or s.top_p != config.top_p
-                             or s.base_seed != config.seed):
-            continue
-        out.append(s)
-    return out
-
-
-def student_samples(run_dir: str | os.PathLike, problems, config: EvalConfig) -> dict[str, list[Sample]]:
-    """student name -> its samples of this config on these problems (``select``), and ``ENSEMBLE``.
-
-    A student without a samples file yet is left out with a warning.
-    """
-    import warnings
-
-    by_student = {}
-    for student_dir in students(run_dir):
-        if not (student_dir / SAMPLES_FILE).exists():
-            warnings.warn(f"{student_dir.name}: no {SAMPLES_FILE} yet (notebook 04): left out", stacklevel=2)
-            continue
-        by_student[student_dir.name] = select(read_samples(student_dir), config,
-                                              model=_student_tag(student_dir), problems=problems)
-    return _with_ensemble(by_student)
+    return [s for s in _as_samples(samples)
+            if (model is None or s.model == model) and (wanted is None or s.problem_id in wanted)
+            and s.max_new_tokens == config.max_new_tokens
+            and (s.index < 0 or (s.temperature, s.top_p, s.base_seed)
+                 == (config.temperature, config.top_p, config.seed))]
 
 
 def _with_ensemble(by_student: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
@@ -1141,37 +618,42 @@ def _with_ensemble(by_student: dict[str, list[Sample]]) -> dict[str, list[Sample
     return by_student
 
 
+def student_samples(run_dir: str | os.PathLike, problems, config: EvalConfig) -> dict[str, list[Sample]]:
+    """student name -> its samples of this config on these problems (``select``), and ``ENSEMBLE``.
+    A student without a samples file yet is left out with a warning."""
+    by_student = {}
+    for student_dir in students(run_dir):
+        if not (student_dir / SAMPLES_FILE).exists():
+            warnings.warn(f"{student_dir.name}: no {SAMPLES_FILE} yet (notebook 04): left out", stacklevel=2)
+            continue
+        by_student[student_dir.name] = select(read_samples(student_dir), config,
+                                              model=_student_tag(student_dir), problems=problems)
+    return _with_ensemble(by_student)
+
+
 def _policies(student: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(sampled, greedy) policies of a student. The ensemble's single path is the PoT-only student's
     program, else the CoT-only student's CoT: ``pot_then_cot`` over the pair."""
-    if student == ENSEMBLE:
-        return ("ensemble",), ("pot_then_cot",)
-    return STUDENT_POLICIES, ("cot", "pot", "pot_then_cot")
-
-
-def _frame(frames: list, columns: list[str]):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    return (("ensemble",), ("pot_then_cot",)) if student == ENSEMBLE else (STUDENT_POLICIES, GREEDY)
 
 
 def evaluate_students(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
                       ks: Sequence[int] | None = None):
     """(curves, greedy) DataFrames over every student's samples and ``ENSEMBLE``, with a student column."""
+    stats = {"bootstrap": config.bootstrap, "ci": config.ci, "seed": config.seed}
     curve_frames, greedy_frames = [], []
     for name, samples in student_samples(run_dir, problems, config).items():
         sampled, single = _policies(name)
         if any(s.index >= 0 for s in samples):
-            frame = curves(samples, problems, policies=sampled, ks=ks, n_subsets=config.n_subsets,
-                           seed=config.seed, bootstrap=config.bootstrap, ci=config.ci)
-            curve_frames.append(frame.assign(student=name))
-        greedy_frames.append(greedy_accuracy(samples, problems, policies=single, bootstrap=config.bootstrap,
-                                             ci=config.ci, seed=config.seed).assign(student=name))
+            curve_frames.append(curves(samples, problems, policies=sampled, ks=ks, n_subsets=config.n_subsets,
+                                       **stats).assign(student=name))
+        greedy = greedy_accuracy(samples, problems, policies=single, **stats)
+        greedy_frames.append(greedy.assign(student=name))
     return (_frame(curve_frames, ["student", "policy", "k", "acc", "lo", "hi", "n"]),
             _frame(greedy_frames, ["student", "policy", "acc", "lo", "hi", "n"]))
 
 
-# ----------------------------------------------------------------------------- paired claims, results.json
+# ----------------------------------------------------------------------------- claims, results.json
 
 # The run's claims, fixed before any test set is seen: (a, b), each "student/greedy_<policy>" (its greedy
 # path) or "student/<policy>@<k>" (acc@k); k "K" is the largest k that side sampled, a number is capped at
@@ -1198,20 +680,15 @@ def _sampled_paths(samples, problems, policy: str) -> int:
 
 def comparisons(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
                 claims: Sequence[tuple[str, str]] = CLAIMS) -> list[dict]:
-    """The claims as paired differences a - b on the same problems.
-
-    Each: a, b (k resolved, e.g. "md/mixed@16"), diff, lo, hi (percentage points, paired
-    bootstrap), n_problems, and p_mcnemar when both sides are single paths. A claim whose
-    students or paths are missing is left out.
-    """
+    """``claims`` as paired differences a - b (points, bootstrap; p_mcnemar for two single paths),
+    k resolved; a claim whose students or paths are missing is left out."""
     by_student = student_samples(run_dir, problems, config)
     out = []
     for claim in claims:
         sides = []  # (student, policy, k: None = greedy, "K" or a cap)
         for name in claim:
             student, what = name.split("/", 1)
-            greedy = what.startswith("greedy_")
-            policy, want = (what[len("greedy_"):], None) if greedy else what.split("@")
+            policy, want = (what[len("greedy_"):], None) if what.startswith("greedy_") else what.split("@")
             _modes(policy)  # a misspelt claim fails here, not silently
             sides.append((student, policy, want))
         if any(student not in by_student for student, _, _ in sides):
@@ -1242,11 +719,7 @@ def comparisons(run_dir: str | os.PathLike, problems, config: EvalConfig, *,
 
 
 def results(curves, greedy, comparisons_: Sequence[dict] = (), transfer=None) -> dict:
-    """The run's numbers in ``results.json``'s shape (docs/design.md): rows and comparisons.
-
-    Accuracy, lo and hi in percent; greedy rows have policy ``greedy_<policy>`` and k 1; transfer
-    rows (``transfer_accuracy``) are greedy rows with a ``dataset`` key.
-    """
+    """``results.json``'s shape: rows in percent (greedy: ``greedy_<policy>``, k 1; transfer: + dataset)."""
     def row(r, policy: str, k, **extra) -> dict:
         return {"student": r["student"], "policy": policy, "k": int(k), "n_problems": int(r["n"]),
                 "accuracy": 100 * float(r["acc"]), "lo": 100 * float(r["lo"]), "hi": 100 * float(r["hi"]),
@@ -1261,8 +734,6 @@ def results(curves, greedy, comparisons_: Sequence[dict] = (), transfer=None) ->
 
 def read_results(run_dir: str | os.PathLike):
     """(rows, comparisons) DataFrames from a run's ``results.json`` (written by ``plots.write_report``)."""
-    import pandas as pd
-
     path = Path(run_dir) / RESULTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run notebooks/05_results.ipynb first")
@@ -1276,8 +747,6 @@ def read_results(run_dir: str | os.PathLike):
 
 def transfer_problems(spec: str, limit: int | None = None) -> list:
     """A transfer set's (``"dataset:split"``) problems with a numeric answer (not all ASDiv's): N, seeded."""
-    import warnings
-
     from mdlab import data
 
     name, split = spec.split(":")
@@ -1291,10 +760,8 @@ def transfer_problems(spec: str, limit: int | None = None) -> list:
 
 
 def sample_transfer(student_dir: str | os.PathLike, config: EvalConfig, *, progress: bool = True) -> dict:
-    """Greedy paths of one student on every ``config.transfer`` set: dataset -> samples.
-
-    Written to ``students/<name>/transfer/<dataset>/samples.jsonl``; the model is loaded once.
-    """
+    """Greedy paths of one student on every ``config.transfer`` set: dataset -> samples, written to
+    ``students/<name>/transfer/<dataset>/samples.jsonl``; the model is loaded once."""
     student_dir = Path(student_dir)
     engine = student_backend(student_dir, config) if config.transfer else None
     out = {}
@@ -1326,14 +793,8 @@ def transfer_accuracy(run_dir: str | os.PathLike, config: EvalConfig):
 # ----------------------------------------------------------------------------- the teacher's own votes
 
 def teacher_samples(rationales, *, shuffle_seed: int | None = 0) -> list[Sample]:
-    """Recorded teacher rationales as sampled paths, with the answer and status the teachers module gave them.
-
-    ``index`` is the rationale's place in a seeded shuffle of its problem's rationales (None keeps
-    the recorded sample numbers). The shuffle matters: a source may store its samples in an
-    informative order (MCC-KD's ten CoTs per SVAMP question are right 95% of the time at sample 0,
-    30% at sample 9), and the vote's tie break (earliest path first) would then favour the right
-    answer; shuffled, the paths are exchangeable like a student's.
-    """
+    """Recorded teacher rationales as sampled paths, indexed in a seeded shuffle (None: recorded order,
+    which may be informative: MCC-KD's first CoT is right far more often than its last)."""
     by_problem: dict[str, list] = {}
     for r in sorted(rationales, key=lambda r: r.sample):
         by_problem.setdefault(r.problem_id, []).append(r)

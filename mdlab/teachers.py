@@ -136,127 +136,99 @@ def clean_cot(text: str) -> str:
 
 
 class HFLocal:
-    """A transformers causal LM in this process: batched, n samples per prompt from one prefill.
+    """A transformers causal LM in this process, decoded by ``generation.HFBackend`` like the students.
 
     ``model`` is anything ``models.resolve`` takes ("embedded", "tiny", a hub id, a local path).
-    ``chat``: use the tokenizer's chat template (None = when it has one). Each batch's torch seed
-    is derived from ``seed`` and the batch's problem ids, and recorded as ``params.request_seed``.
+    ``chat``: use the tokenizer's chat template (None = when it has one). A prompt's n samples share
+    one prefill; each sample has its own seed, ``generation.sample_seed(seed, problem, mode, sample)``,
+    recorded as ``params.request_seed``, so it does not depend on batching. ``batch_size``: prompts
+    decoded at once.
     """
 
     def __init__(self, model: str = "embedded", *, batch_size: int = 8, chat: bool | None = None,
                  name: str | None = None, shots: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model_name = str(model)
-        self.batch_size = batch_size
-        self.chat = chat
-        self.shots = shots
+        self.model_name, self.batch_size, self.chat, self.shots = str(model), batch_size, chat, shots
         self.name = name or f"hf:{self.model_name}"
         self.live = True
-        self._loaded = None
+        self._engine = None
 
     def __repr__(self) -> str:
         return f"HFLocal(model={self.model_name!r}, batch_size={self.batch_size})"
 
     def load(self):
         """(model, tokenizer), loaded once."""
-        if self._loaded is None:
-            from mdlab import models
+        return self.engine().model, self.engine().tokenizer
+
+    def engine(self):
+        """The ``generation.HFBackend`` over this model, made once."""
+        if self._engine is None:
+            from mdlab import generation, models
 
             model, tokenizer = models.load(self.model_name, quant="none")
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            self._loaded = (model, tokenizer)
-        return self._loaded
+            # a chat template writes its own BOS
+            self._engine = generation.HFBackend(model, tokenizer, self.name,
+                                                special_tokens=not self._use_chat())
+        return self._engine
 
     def _use_chat(self) -> bool:
-        if self.chat is not None:
-            return self.chat
-        from mdlab import models
+        if self.chat is None:
+            from mdlab import models
 
-        return bool(getattr(models.load_tokenizer(self.model_name), "chat_template", None))
+            self.chat = bool(getattr(models.load_tokenizer(self.model_name), "chat_template", None))
+        return self.chat
 
     def supports(self, mode: str) -> bool:
         return mode in prompts.MODES
 
     def prompt(self, problem: Problem, mode: str) -> str | list[dict]:
-        if self._use_chat_cached():
+        if self._use_chat():
             return prompts.teacher_messages(problem.question, mode, shots=self.shots)
         return prompts.teacher_completion(problem.question, mode, shots=self.shots)
-
-    def _use_chat_cached(self) -> bool:
-        if not hasattr(self, "_chat_resolved"):
-            self._chat_resolved = self._use_chat()
-        return self._chat_resolved
 
     def prompt_hash(self, problem: Problem, mode: str) -> str:
         return prompts.prompt_hash(self.prompt(problem, mode))
 
     def key_params(self, *, temperature: float, max_tokens: int) -> dict:
         return {"temperature": temperature, "max_tokens": max_tokens,
-                "api": "chat" if self._use_chat_cached() else "completions"}
+                "api": "chat" if self._use_chat() else "completions"}
 
     def available(self, problem: Problem, mode: str) -> int | None:
         return None
 
-    def _render(self, tokenizer, problem: Problem, mode: str) -> str:
-        prompt = self.prompt(problem, mode)
-        if isinstance(prompt, str):
-            return prompt
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
     def run(self, requests: list[Request]) -> Iterator[list[Completion]]:
-        import torch
+        from mdlab import generation
 
-        model, tokenizer = self.load()
+        engine = self.engine()
         groups: dict[tuple, list[Request]] = defaultdict(list)
-        for req in requests:  # a batch shares mode, sampling params and the number of samples
-            groups[(req.mode, req.temperature, req.max_tokens, req.seed, len(req.samples))].append(req)
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        for (mode, temperature, max_tokens, seed, k), reqs in groups.items():
-            for start in range(0, len(reqs), self.batch_size):
-                batch = reqs[start:start + self.batch_size]
-                texts = [self._render(tokenizer, r.problem, mode) for r in batch]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {key: value.to(model.device) for key, value in enc.items()}
-                request_seed = derive_seed(seed, "hf", mode, *[r.problem.id for r in batch])
-                torch.manual_seed(request_seed)
-                sampling = temperature > 0
-                kwargs = dict(max_new_tokens=max_tokens, do_sample=sampling, num_return_sequences=k,
-                              pad_token_id=tokenizer.pad_token_id)
-                if sampling:
-                    kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
-                else:
-                    kwargs.update(temperature=None, top_p=None, top_k=None)
-                if not self._use_chat_cached():
-                    kwargs.update(stop_strings=prompts.STOP[mode], tokenizer=tokenizer)
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    out = model.generate(**enc, **kwargs)
-                width = enc["input_ids"].shape[1]
-                prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        for req in requests:  # one decode stream per mode (its stop strings) and sampling parameters
+            groups[(req.mode, req.temperature, req.max_tokens)].append(req)
+        for (mode, temperature, max_tokens), reqs in groups.items():
+            jobs = []
+            for r in reqs:
+                prompt = self.prompt(r.problem, mode)
+                if not isinstance(prompt, str):
+                    prompt = engine.tokenizer.apply_chat_template(prompt, tokenize=False,
+                                                                  add_generation_prompt=True)
+                seeds = [generation.sample_seed(r.seed, r.problem.id, mode, s) if temperature > 0 else None
+                         for s in r.samples]
+                jobs.append(generation.Job(r.problem, mode, prompt, list(r.samples), seeds))
+            jobs.sort(key=lambda job: engine.prompt_length(job.prompt))  # similar lengths: little padding
+            stop = () if self._use_chat() else prompts.STOP[mode]
+            rows = self.batch_size * max(len(job.seeds) for job in jobs)
+            for finished in engine.stream(jobs, temperature=temperature, top_p=1.0, max_new_tokens=max_tokens,
+                                          stop=stop, batch_rows=rows):
                 chunk = []
-                for row in range(out.shape[0]):
-                    req = batch[row // k]
-                    new = out[row, width:].tolist()
-                    length = len(new)
-                    finish = "length"
-                    for i, tok in enumerate(new):
-                        if tok in eos_ids:
-                            length, finish = i, "stop"
-                            break
-                    while length and new[length - 1] == tokenizer.pad_token_id and tokenizer.pad_token_id not in eos_ids:
-                        length -= 1
-                    text = tokenizer.decode(new[:length], skip_special_tokens=True)
-                    if finish == "length" and any(s in text for s in prompts.STOP[mode]):
-                        finish = "stop"
-                    chunk.append(Completion(req.problem.id, mode, req.samples[row % k], raw=text,
-                                            tokens={"prompt": int(prompt_lens[row // k]) if row % k == 0 else 0,
-                                                    "completion": length},
-                                            finish_reason=finish,
-                                            params={"request_seed": request_seed, "request_n": k}))
+                for j, completions in finished:
+                    job = jobs[j]
+                    prompt_tokens = engine.prompt_length(job.prompt)
+                    for slot, (sample, c) in enumerate(zip(job.indices, completions)):
+                        chunk.append(Completion(
+                            job.problem.id, mode, sample, raw=c.text,
+                            tokens={"prompt": prompt_tokens if slot == 0 else 0, "completion": c.tokens},
+                            finish_reason="length" if c.finish == "length" else "stop",
+                            params={"request_seed": c.seed, "request_n": len(completions)}))
                 yield chunk
 
 

@@ -401,9 +401,38 @@ def test_continuous_batching_refills_finished_rows(embedded, problems):
     assert np.mean(same) >= 0.8, same  # a merge that misaligned the KV cache would change most paths
 
 
+def test_prefill_cache_is_one_the_engine_can_merge(tiny, problems):
+    """merge / trim set DynamicLayer's keys and values (transformers has no public call for either): pin
+    the layer type, so an upgrade that changes it fails here instead of silently batching less."""
+    from mdlab import generation
+
+    engine = evaluate.backend(tiny, tag="tiny")
+    jobs = [evaluate.Job(p, "cot", prompts.student_prompt(p.question, "cot"), [0, 1], [1, 2]) for p in problems]
+    _, cache, mask, _ = engine._prefill(jobs[:2])
+    _, other, other_mask, _ = engine._prefill(jobs[2:3])
+    assert generation.mergeable(cache) and cache.get_seq_length() == mask.shape[1]
+    merged, merged_mask = generation.merge(cache, mask, other, other_mask)
+    assert merged.layers[0].keys.shape[0] == 6 and merged.get_seq_length() == merged_mask.shape[1]
+    assert merged_mask.shape[1] == max(mask.shape[1], other_mask.shape[1])
+
+
 _KILL_SCRIPT = textwrap.dedent("""
-    import sys
-    from mdlab import data, evaluate
+    import sys, time
+    from pathlib import Path
+    from mdlab import data, evaluate, runs
+
+    extend = runs.JsonlStore.extend
+
+    def extend_then_hang(store, records):
+        extend(store, records)
+        written = len(store.read())
+        if written >= 8:  # two batches or more on disk: say so, then hang until the test's SIGKILL
+            marker = Path(sys.argv[3])
+            marker.with_suffix(".tmp").write_text(str(written))
+            marker.with_suffix(".tmp").replace(marker)
+            time.sleep(3600)
+
+    runs.JsonlStore.extend = extend_then_hang
     problems = data.load("svamp", "test", limit=24)
     evaluate.sample(sys.argv[1], problems, "cot", k=3, temperature=1.0, seed=0, run_dir=sys.argv[2],
                     max_new_tokens=48, batch_rows=4, progress=False)
@@ -411,38 +440,40 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_sampling_resumes_after_sigkill_without_duplicates(tmp_path, tiny):
+    """Killed at a known point (the sampler hangs once >= 8 records are on disk), not after a guessed time."""
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT)
-    run = tmp_path / "killed"
+    run, marker = tmp_path / "killed", tmp_path / "written.txt"
     store = run / evaluate.SAMPLES_FILE
-    proc = subprocess.Popen([sys.executable, str(script), str(models.tiny_path()), str(run)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen([sys.executable, str(script), str(models.tiny_path()), str(run), str(marker)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if store.exists() and store.read_text().count("\n") >= 8:  # two batches written
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the sampler finished (or died) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail("the sampler exited before 8 records were on disk")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # it hangs after that append: nothing more reaches the file
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     lines_at_kill = store.read_text().count("\n")
-    assert 8 <= lines_at_kill < 24 * 4
+    assert lines_at_kill == int(marker.read_text()) and 8 <= lines_at_kill < 24 * 4
 
     problems = data.load("svamp", "test", limit=24)
     kw = {"k": 3, "temperature": 1.0, "seed": 0, "max_new_tokens": 48, "batch_rows": 4, "progress": False}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a torn last line, if the kill cut one, is dropped with a warning
+        killed = {(s.problem_id, s.index): s.text for s in evaluate.read_samples(store)}
         resumed = evaluate.sample(str(models.tiny_path()), problems, "cot", run_dir=run, **kw)
         records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
     keys = [(r["problem_id"], r["index"]) for r in records]
     assert len(keys) == len(set(keys)) == 24 * 4  # every path once, nothing twice
+    assert len(records) - lines_at_kill == 24 * 4 - len(killed)  # only the missing paths were decoded
     # loaded like the killed and the resumed run (same default dtype), so the paths must agree token for token
     fresh = evaluate.sample(str(models.tiny_path()), problems, "cot", run_dir=tmp_path / "fresh", **kw)
     assert [s.text for s in resumed] == [s.text for s in fresh]
+    assert all(killed[(s.problem_id, s.index)] == s.text for s in fresh if (s.problem_id, s.index) in killed)
 
 
 class _Scripted:

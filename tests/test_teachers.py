@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mdlab import answers, data, gold, recorded, runs, teachers
+from mdlab import answers, data, generation, gold, recorded, runs, teachers
 from mdlab.data import Problem
 from mdlab.gold import fmt_number
 
@@ -253,8 +253,11 @@ def test_hflocal_tiny_samples_from_one_prefill_and_records_statuses(tmp_path):
     out = teachers.generate(teacher, problems, "pot", n=3, temperature=1.0, seed=7, max_tokens=12, run_dir=tmp_path,
                             progress=False)
     assert len(out) == 6 and {r.sample for r in out} == {0, 1, 2}
-    assert {r.params["request_n"] for r in out} == {3}  # three return sequences per prompt
-    assert len({r.params["request_seed"] for r in out}) == 1 and all(r.seed == 7 for r in out)
+    assert {r.params["request_n"] for r in out} == {3}  # three paths per prompt, one prefill
+    # a seed per path, not per batch: generation.sample_seed of the problem, mode and sample
+    assert [r.params["request_seed"] for r in out] == [
+        generation.sample_seed(7, r.problem_id, "pot", r.sample) for r in out]
+    assert len({r.params["request_seed"] for r in out}) == 6 and all(r.seed == 7 for r in out)
     assert all(r.status in teachers.STATUSES for r in out)  # a random model writes no code: still recorded
     assert all(r.tokens["completion"] <= 12 for r in out)
     cot = teachers.generate(teacher, problems[:1], "cot", max_tokens=8, run_dir=tmp_path, progress=False)
