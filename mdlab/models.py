@@ -22,12 +22,13 @@ id that is not cached.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from mdlab.data import cache_dir
 
@@ -37,7 +38,7 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Quant = Literal["auto", "none", "nf4"]
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
-DTYPES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 class ModelError(RuntimeError):
@@ -237,3 +238,136 @@ def load(name: str | os.PathLike, *, quant: Quant = "auto", adapter: str | os.Pa
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model, tokenizer
+
+
+# ------------------------------------------------------------------ will a training run fit a GPU?
+
+_KNOWN_SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings
+    "135m": (576, 30, 9, 3, 1536, 49152, True),  # SmolLM2-135M
+    "1.1b": (2048, 22, 32, 4, 5632, 32000, False),  # TinyLlama-1.1B
+    "7b": (4096, 32, 32, 32, 11008, 32000, False),  # Llama-2-7B (CodeLlama-7B: vocab 32016)
+    "13b": (5120, 40, 40, 40, 13824, 32000, False),  # Llama-2-13B
+}
+GiB = 1 << 30
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Bytes a (Q)LoRA training run needs on the GPU. "GB" means GiB (2**30), as torch reports it."""
+
+    params: int  # base parameters
+    lora_params: int  # trainable LoRA parameters
+    weights: int  # base weights (4-bit NF4 with its constants, or 16-bit)
+    lora: int  # LoRA weights and their gradients
+    optimizer: int  # optimizer states (8-bit paged AdamW: 2 bytes/param; AdamW: 8)
+    activations: int  # saved activations for backward, with gradient checkpointing if enabled
+    activations_no_checkpointing: int  # the same without gradient checkpointing
+    workspace: int  # logits, a dequantized layer, temporaries
+    checkpointing: bool  # whether `activations` assumes gradient checkpointing
+    context: int = int(0.5 * GiB)  # CUDA context + allocator slack, outside torch's allocated bytes
+
+    @property
+    def allocated(self) -> int:
+        """Predicted peak of torch.cuda.max_memory_allocated()."""
+        return self.weights + self.lora + self.optimizer + self.activations + self.workspace
+
+    @property
+    def total(self) -> int:
+        """Predicted peak the GPU must hold: allocated + 10% fragmentation + the CUDA context."""
+        return int(self.allocated * 1.1) + self.context
+
+    @property
+    def total_gb(self) -> float:
+        return self.total / GiB
+
+    def fits(self, gpu_gb: float) -> bool:
+        """Whether the run should fit a GPU with ``gpu_gb`` GiB of memory."""
+        return self.total <= gpu_gb * GiB
+
+    def __str__(self) -> str:
+        rows = [("base weights", self.weights), ("LoRA weights + grads", self.lora), ("optimizer", self.optimizer),
+                (f"activations ({'checkpointed' if self.checkpointing else 'no checkpointing'})", self.activations),
+                ("workspace", self.workspace), ("peak allocated", self.allocated), ("total on GPU", self.total)]
+        return "\n".join(f"{name:<34}{value / GiB:8.2f} GiB" for name, value in rows)
+
+
+def _shape(model) -> tuple[int, int, int, int, int, int, bool]:
+    if isinstance(model, str) and model.lower() in _KNOWN_SIZES:
+        return _KNOWN_SIZES[model.lower()]
+    config = model
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(resolve(str(model)))
+        except OSError as exc:
+            raise ModelError(f"estimate_memory: cannot read config.json of {model!r} ({exc}); pass a local path, a "
+                             f"cached hub id, a transformers config or a size in {sorted(_KNOWN_SIZES)}") from exc
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = config.num_attention_heads
+    return (config.hidden_size, config.num_hidden_layers, heads, getattr(config, "num_key_value_heads", None) or heads,
+            config.intermediate_size, config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)))
+
+
+def estimate_memory(model, seq_len: int, batch: int = 1, lora_rank: int = 16, quant: str = "nf4", *,
+                    gradient_checkpointing: bool = True, optim: str | None = None,
+                    lora_dropout: float = 0.05, dtype: str = "auto") -> MemoryEstimate:
+    """Predict the GPU memory of a LoRA / QLoRA run of a Llama-style model, loading no weights.
+
+    ``model``: a name or path (reads config.json only), a transformers config, or a known size
+    (``"135m"``, ``"1.1b"``, ``"7b"``, ``"13b"``). ``quant``: ``"nf4"`` (QLoRA; ``"auto"`` means
+    the same, since the estimate is for a GPU) or ``"none"`` (16-bit weights). LoRA on every
+    linear layer of the decoder. Activations are counted per token and layer for bf16 with
+    SDPA/flash attention (no seq^2 term): about 32*hidden + 8*intermediate bytes, plus the
+    LoRA-dropout copies; with checkpointing, one hidden state per layer plus one layer
+    recomputed. ``dtype`` (``TrainConfig.dtype``): ``"auto"``, ``"bf16"`` and ``"fp16"`` all take
+    2 bytes per value, so a T4 (fp16) gets the same estimate as an A100 (bf16); ``"fp32"`` doubles
+    the 16-bit weights, activations and workspace.
+    """
+    if dtype not in DTYPES:
+        raise ModelError(f"estimate_memory: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    scale = 2 if dtype == "fp32" else 1  # the counts below are for 2-byte values
+    hidden, layers, heads, kv_heads, inter, vocab, tied = _shape(model)
+    kv = hidden * kv_heads // heads
+    linear_shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),
+                     (hidden, inter), (hidden, inter), (inter, hidden)]
+    linear = layers * sum(i * o for i, o in linear_shapes)
+    embed = vocab * hidden * (1 if tied else 2)
+    norms = layers * 2 * hidden + hidden
+    params = linear + embed + norms
+    four_bit = quant in ("nf4", "auto")
+    # NF4: 0.5 byte/param + an 8-bit absmax per 64 weights + an fp32 constant per 256 blocks (double quant)
+    weights = (int(linear * (0.5 + 1 / 64 + 4 / (64 * 256))) + (embed + norms) * 2 * scale if four_bit
+               else params * 2 * scale)
+    lora_params = layers * lora_rank * sum(i + o for i, o in linear_shapes)
+    lora = lora_params * 4 * 2  # fp32 weights + fp32 grads
+    optim = optim or ("paged_adamw_8bit" if four_bit else "adamw_torch")
+    optimizer = lora_params * (2 if "8bit" in optim else 8)
+    tokens = seq_len * batch
+    dropout_copies = (9 * hidden + 3 * inter) if lora_dropout > 0 else 0
+    per_layer = tokens * (32 * hidden + 8 * inter + dropout_copies) * scale
+    no_ckpt = layers * per_layer
+    ckpt = layers * tokens * hidden * 2 * scale + per_layer
+    largest_linear = max(i * o for i, o in linear_shapes)
+    # fp32 log-probs of one logits chunk pass + the dequantized weight of the largest layer (and its grad input)
+    workspace = tokens * vocab * 4 * 2 + (largest_linear * 2 * 2 * scale if four_bit else 0) + tokens * inter * 4
+    return MemoryEstimate(params=params, lora_params=lora_params, weights=weights, lora=lora, optimizer=optimizer,
+                          activations=ckpt if gradient_checkpointing else no_ckpt,
+                          activations_no_checkpointing=no_ckpt, workspace=workspace,
+                          checkpointing=gradient_checkpointing)
+
+
+def oom_message(config, seq_len: int | None = None) -> str:
+    """What to tell a user whose GPU ran out of memory while training with ``config`` (a ``train.TrainConfig``)."""
+    seq_len = seq_len or config.max_length
+    try:
+        est = estimate_memory(config.model, seq_len, config.batch_size if config.batching != "packed" else 1,
+                              config.lora_rank, config.quant, gradient_checkpointing=True, dtype=config.dtype)
+        estimate = f"models.estimate_memory predicts (with gradient checkpointing):\n{est}\n"
+    except (ModelError, OSError, ValueError, AttributeError) as exc:  # the advice still helps without numbers
+        estimate = f"(models.estimate_memory could not read the model: {exc})\n"
+    return ("CUDA ran out of memory while training. " + estimate +
+            "Try, in this order: quant='nf4' (QLoRA), gradient_checkpointing=True, a smaller batch_size with a "
+            "larger grad_accum (same effective batch), a smaller max_length, a smaller lora_rank, or "
+            "optim='paged_adamw_8bit'. Check a setting before loading anything with "
+            "models.estimate_memory(model, seq_len, batch, lora_rank, quant).fits(gpu_gb).")

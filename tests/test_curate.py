@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mdlab import answers, curate, data, runs, teachers
+from mdlab import answers, curate, data, plots, runs, teachers
 from mdlab.teachers import Rationale
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,7 +379,7 @@ def test_curated_applies_human_over_automatic(run):
     assert frame.loc["generated", "all"] == len(table)
     assert frame.loc["passed checks", "all"] == len(auto_keep)
     assert frame.loc["kept after review", "all"] == len(out)
-    png = curate.plot_funnel(frame, run / "figures" / "funnel.png")
+    png = plots.curation_funnel(frame, run / "figures" / "funnel.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
