@@ -1,36 +1,32 @@
-"""Automatic filters and the curation state behind the curator widget (notebook 02).
+"""Automatic filters and the curated training set (notebook 02).
 
 1. ``auto_filter(rationales, problems, config)``: one row per rationale with ``keep`` and every
    reason (``REASONS``, each under a ``check_*`` switch of ``CurateConfig``). PoT programs are
    re-run in the sandbox and CoT answers re-extracted (``answers.score``): a stored answer is
    never trusted. ``run_auto_filter(run_dir, ...)`` writes ``auto_filter.csv``.
-2. ``CurationState(run_dir)``: the review queue (what needs a human first), filters, and keep /
-   drop / edit decisions appended to ``decisions.jsonl`` (fsynced per click; the latest wins);
-   the position lives in ``curation_state.json``. No widgets.
-3. ``Curator(run_dir)`` (``mdlab.widgets``): the ipywidgets view over the state.
+2. Human review, ``CurationState(run_dir)`` and the ``Curator`` widget over it, lives in
+   ``mdlab.widgets`` and is importable from here; decisions go to ``decisions.jsonl``.
+3. ``curated(run_dir)`` applies the automatic verdicts, overrides them with the human ones (an
+   edit replaces text and answer) and writes ``curated.jsonl``, what training reads.
 
-``curated(run_dir)`` applies the automatic verdicts, overrides them with the human ones (an edit
-replaces text and answer) and writes ``curated.jsonl``, what training reads.
 What each reason means and what the filters simplify: docs/design.md ("curate").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import difflib
-import json
 import math
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mdlab import answers, data, runs, teachers
+from mdlab.config import check_positive
 
 if TYPE_CHECKING:  # pandas loads inside functions: config.load imports this module
     import pandas as pd
@@ -42,20 +38,12 @@ STATE = "curation_state.json"
 CURATED = "curated.jsonl"
 
 # display order; each reason belongs to one switch
+# (no_answer: a PoT's sandbox status under check_execution; a CoT's under check_answer, see _answer_reasons)
 REASONS: dict[str, str] = {
-    "unknown_problem": "always",
-    "leakage": "check_leakage",
-    "error": "check_execution",
-    "timeout": "check_execution",
-    "memory": "check_execution",
-    "forbidden": "check_execution",
-    "no_answer": "check_execution",  # PoT: sandbox status; CoT: check_answer (see _answer_reasons)
-    "wrong_answer": "check_answer",
-    "cot_pot_disagree": "check_agreement",
-    "truncated": "check_truncated",
-    "too_long": "check_length",
-    "duplicate": "check_duplicates",
-}
+    "unknown_problem": "always", "leakage": "check_leakage",
+    **dict.fromkeys(("error", "timeout", "memory", "forbidden", "no_answer"), "check_execution"),
+    "wrong_answer": "check_answer", "cot_pot_disagree": "check_agreement", "truncated": "check_truncated",
+    "too_long": "check_length", "duplicate": "check_duplicates"}
 _EXEC_FAILURES = ("error", "timeout", "memory", "forbidden", "no_answer", "no_code")
 ACTIONS = ("keep", "drop", "edit")
 FILTERS = ("mode", "reason", "verdict", "teacher", "dataset")
@@ -84,16 +72,13 @@ class CurateConfig:
     workers: int | None = None  # sandbox worker processes (None = the sandbox's default: all cores)
 
     def __post_init__(self):
-        for name in ("max_chars_cot", "max_chars_pot", "memory_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"curate.{name} must be >= 1, got {getattr(self, name)}")
+        check_positive(self, "curate", ("max_chars_cot", "max_chars_pot", "memory_mb"))
+        check_positive(self, "curate", ("workers",), nullable=True)
         if not 0.0 < self.duplicate_similarity <= 1.0:
             raise ValueError(f"curate.duplicate_similarity must be in (0, 1], "
                              f"got {self.duplicate_similarity}")
         if self.timeout <= 0:
             raise ValueError(f"curate.timeout must be > 0 seconds, got {self.timeout}")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"curate.workers must be >= 1 or null, got {self.workers}")
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -111,10 +96,6 @@ def _norm_text(text: str) -> str:
 
 def _norm_question(text: str) -> str:
     return _norm_text(text).rstrip(".?! ")
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _as_rationale(record: Any) -> teachers.Rationale:
@@ -352,31 +333,6 @@ def _verdict(auto_keep: bool, decision: dict | None) -> str:
     return "drop" if decision["action"] == "drop" else "keep"
 
 
-# drop reasons that are certain when they fire: reading the rationale cannot overturn them
-_CERTAIN = {"duplicate", "leakage", "unknown_problem"}
-_MODE_NAMES = {"cot": "CoT", "pot": "PoT"}
-
-
-def _attention(row: dict, disagrees: bool) -> str:
-    """Why a human should look at a rationale before the clear-cut ones ("" when nothing stands out)."""
-    if disagrees:
-        return "the CoT and PoT answers of this problem disagree"
-    reasons = set(reason_list(row["reasons"]))
-    return "dropped although its answer is right" if reasons and row["correct"] and not reasons & _CERTAIN else ""
-
-
-def _labels(rows: dict[str, dict]) -> dict[str, str]:
-    """Readable ids, e.g. ``chal-994 · PoT · svamp-codex-pot``; ``#1``, ``#2``... where that repeats."""
-    base = {rid: f"{row['problem_id']} · {_MODE_NAMES.get(row['mode'], row['mode'])} · "
-                 f"{row['teacher'].split(':', 1)[-1].rsplit('/', 1)[-1]}" for rid, row in rows.items()}
-    counts, seen = Counter(base.values()), Counter()
-    for rid, label in base.items():
-        if counts[label] > 1:
-            seen[label] += 1
-            base[rid] = f"{label} #{seen[label]}"
-    return base
-
-
 def funnel(table: pd.DataFrame, decisions: dict[str, dict] | None = None) -> pd.DataFrame:
     """Rationales per mode at each stage: generated -> passed checks -> kept after review."""
     import pandas as pd
@@ -468,272 +424,9 @@ def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
     return {**dataclasses.asdict(scored), "error": scored.error or ""}
 
 
-@dataclasses.dataclass
-class Item:
-    """What the curator shows for one rationale (the edited version when there is one)."""
-    id: str
-    label: str  # readable id: problem, mode, teacher (and #n when that teacher wrote several)
-    problem_id: str
-    mode: str
-    teacher: str
-    dataset: str
-    question: str
-    gold: float
-    text: str  # the edited text when edited, else the teacher's
-    answer: float | None
-    status: str
-    output: str
-    error: str
-    reasons: list[str]  # automatic reasons for the text shown (re-checked after an edit)
-    auto_keep: bool
-    attention: str  # why a human should look first ("" when the automatic verdict is clear-cut)
-    decision: dict | None  # latest human decision
-    verdict: str  # "keep" | "drop": the decision if any, else the automatic verdict
-    correct: bool  # answer is answers.same as gold
-    others: list[dict]  # the other rationales of the same problem: id, mode, teacher, answer, verdict
-
-
-class CurationState:
-    """The queue, filters, current item and decisions of one run directory (no widgets)."""
-
-    def __init__(self, run_dir: str | os.PathLike, *, config: CurateConfig | None = None):
-        self.run_dir = Path(run_dir)
-        self.config = config or CurateConfig()
-        table = read_table(self.run_dir)
-        self.rationales = {r.id: r for r in load_rationales(self.run_dir)}
-        self.rows: dict[str, dict] = {row["id"]: row for row in table.to_dict("records")}
-        self.attention = {rid: _attention(row, disagrees) for (rid, row), disagrees
-                          in zip(self.rows.items(), _disagreements(list(self.rows.values())))}
-        first_seen: dict[str, int] = {}
-        for row in self.rows.values():
-            first_seen.setdefault(row["problem_id"], len(first_seen))
-        # what needs a human first (disagreements, doubtful drops), then other automatic drops, then
-        # clean passes; within each, one problem's rationales together, CoT before PoT, in file order
-        index = {rid: i for i, rid in enumerate(self.rows)}
-        self.order: list[str] = sorted(self.rows, key=lambda i: (
-            0 if self.attention[i] else 1 if not self.rows[i]["keep"] else 2,
-            first_seen[self.rows[i]["problem_id"]], self.rows[i]["mode"], index[i]))
-        self._by_problem: dict[str, list[str]] = {}
-        for rid in self.rows:
-            self._by_problem.setdefault(self.rows[rid]["problem_id"], []).append(rid)
-        self.labels = _labels(self.rows)
-        self.store = runs.JsonlStore(self.run_dir / DECISIONS)
-        self.decisions: dict[str, dict] = read_decisions(self.run_dir)
-        self.filters: dict[str, str | None] = dict.fromkeys(FILTERS)
-        self.queue: list[str] = list(self.order)
-        self.position = 0
-        self._restore()
-
-    # ---- persistence of the position
-    def _restore(self) -> None:
-        path = self.run_dir / STATE
-        saved = {}
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                saved = {}  # replaced atomically, so only a hand edit can break it: start fresh
-        options = self.options()
-        filters = {k: v for k, v in (saved.get("filters") or {}).items()
-                   if k in self.filters and (v is None or v in options[k])}
-        self.filters.update(filters)
-        self.queue = self._select()
-        current = saved.get("current")
-        if current in self.queue:
-            self.position = self.queue.index(current)
-        else:  # first visit: the first item nobody has decided on yet
-            self.position = next((i for i, rid in enumerate(self.queue) if rid not in self.decisions), 0)
-
-    def _save(self) -> None:
-        runs.write_json_atomic(self.run_dir / STATE, {"current": self.current_id, "filters": self.filters,
-                                                      "updated": _now()})
-
-    # ---- queue and filters
-    def options(self) -> dict[str, list[str]]:
-        """The values each filter can take in this run directory."""
-        present = {r for row in self.rows.values() for r in reason_list(row["reasons"])}
-        return {"mode": sorted({row["mode"] for row in self.rows.values()}),
-                "reason": [r for r in REASONS if r in present] + ["none"],
-                "verdict": list(VERDICTS),
-                "teacher": sorted({row["teacher"] for row in self.rows.values()}),
-                "dataset": sorted({row["dataset"] for row in self.rows.values()})}
-
-    def _matches(self, rid: str) -> bool:
-        row, f = self.rows[rid], self.filters
-        if f["mode"] and row["mode"] != f["mode"]:
-            return False
-        if f["teacher"] and row["teacher"] != f["teacher"]:
-            return False
-        if f["dataset"] and row["dataset"] != f["dataset"]:
-            return False
-        if f["reason"]:
-            reasons = reason_list(row["reasons"])
-            if (f["reason"] == "none" and reasons) or (f["reason"] != "none" and f["reason"] not in reasons):
-                return False
-        if f["verdict"]:
-            decision = self.decisions.get(rid)
-            wanted = f["verdict"]
-            if wanted in ("keep", "drop") and _verdict(bool(row["keep"]), decision) != wanted:
-                return False
-            if wanted == "reviewed" and decision is None:
-                return False
-            if wanted == "unreviewed" and decision is not None:
-                return False
-            if wanted == "edited" and (decision is None or decision["action"] != "edit"):
-                return False
-        return True
-
-    def _select(self) -> list[str]:
-        return [rid for rid in self.order if self._matches(rid)]
-
-    def set_filters(self, **filters: str | None) -> int:
-        """Filter the queue (mode, reason, verdict, teacher, dataset; None = any); returns its length.
-
-        The queue is a snapshot: deciding on an item does not move it out of the queue under
-        your feet; set the filters again to refresh it.
-        """
-        unknown = sorted(set(filters) - set(self.filters))
-        if unknown:
-            raise ValueError(f"unknown filter(s) {unknown}; known: {sorted(self.filters)}")
-        options = self.options()
-        for key, value in filters.items():
-            if value is not None and value not in options[key]:
-                raise ValueError(f"filter {key}={value!r} matches nothing; "
-                                 f"choose one of {options[key]} or None")
-        current = self.current_id
-        self.filters.update(filters)
-        self.queue = self._select()
-        self.position = self.queue.index(current) if current in self.queue else 0
-        self._save()
-        return len(self.queue)
-
-    @property
-    def current_id(self) -> str | None:
-        return self.queue[self.position] if self.queue else None
-
-    @property
-    def current(self) -> Item | None:
-        return self.item(self.current_id) if self.queue else None
-
-    def next(self) -> bool:
-        """Move to the next item in the queue; False at the end."""
-        moved = self.position + 1 < len(self.queue)
-        if moved:
-            self.position += 1
-            self._save()
-        return moved
-
-    def previous(self) -> bool:
-        """Move to the previous item in the queue; False at the start."""
-        moved = self.position > 0
-        if moved:
-            self.position -= 1
-            self._save()
-        return moved
-
-    def goto(self, rationale_id: str) -> None:
-        if rationale_id not in self.queue:
-            raise KeyError(f"{rationale_id!r} is not in the current queue (filters: {self.filters})")
-        self.position = self.queue.index(rationale_id)
-        self._save()
-
-    # ---- items
-    def verdict(self, rationale_id: str) -> str:
-        return _verdict(bool(self.rows[rationale_id]["keep"]), self.decisions.get(rationale_id))
-
-    def item(self, rationale_id: str) -> Item:
-        row, decision = self.rows[rationale_id], self.decisions.get(rationale_id)
-        rationale = self.rationales.get(rationale_id)
-        edited = decision is not None and decision["action"] == "edit"
-        source = decision if edited else row
-        answer = answers.to_float(source.get("answer"))
-        reasons = reason_list(row["reasons"])
-        if edited and rationale is not None:  # the same checks, on the edited text (the sandbox ran in edit())
-            fresh = dataclasses.replace(rationale, text=decision["text"], params={}, tokens={}, finish_reason=None)
-            reasons = _order(_answer_reasons(fresh, {"status": decision.get("status"), "answer": answer,
-                                                     "gold": float(row["gold"])}, self.config)
-                             + [r for r in reasons if r in ("leakage", "unknown_problem")])
-        others = [{"id": o, "mode": self.rows[o]["mode"], "teacher": self.rows[o]["teacher"],
-                   "answer": self._answer(o), "verdict": self.verdict(o)}
-                  for o in self._by_problem[row["problem_id"]] if o != rationale_id]
-        return Item(id=rationale_id, label=self.labels[rationale_id], problem_id=row["problem_id"], mode=row["mode"],
-                    teacher=row["teacher"], dataset=row["dataset"], question=row["question"], gold=float(row["gold"]),
-                    text=decision["text"] if edited else (rationale.text if rationale else ""),
-                    answer=answer, status=source.get("status") or "", output=source.get("output") or "",
-                    error=source.get("error") or "", reasons=reasons, auto_keep=bool(row["keep"]),
-                    attention=self.attention[rationale_id], decision=decision, verdict=self.verdict(rationale_id),
-                    correct=answer is not None and answers.same(answer, row["gold"]), others=others)
-
-    def _answer(self, rid: str) -> float | None:
-        decision = self.decisions.get(rid)
-        if decision is not None and decision["action"] == "edit":
-            return answers.to_float(decision.get("answer"))
-        return answers.to_float(self.rows[rid]["answer"])
-
-    # ---- actions
-    def _decide(self, action: str, reason: str, **extra: Any) -> dict:
-        rid = self.current_id
-        if rid is None:
-            raise IndexError("the queue is empty: nothing to decide on (loosen the filters)")
-        row = self.rows[rid]
-        record = {"id": rid, "problem_id": row["problem_id"], "mode": row["mode"], "action": action,
-                  "reason": reason or "", "time": _now(), **extra}
-        self.store.append(record)  # flushed and fsynced before the click returns
-        self.decisions[rid] = record
-        return record
-
-    def keep(self, reason: str = "", *, advance: bool = True) -> dict:
-        """Keep the current rationale (overrides the automatic verdict); then move on."""
-        record = self._decide("keep", reason)
-        if not (advance and self.next()):
-            self._save()
-        return record
-
-    def drop(self, reason: str = "", *, advance: bool = True) -> dict:
-        """Drop the current rationale; then move on."""
-        record = self._decide("drop", reason)
-        if not (advance and self.next()):
-            self._save()
-        return record
-
-    def edit(self, text: str, reason: str = "edited") -> dict:
-        """Replace the current rationale's text (kept): a PoT is re-executed, a CoT re-extracted.
-
-        Stays on the item so the new answer can be seen.
-        """
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("an edit needs the new, non-empty rationale text")
-        mode = self.rows[self.current_id]["mode"] if self.queue else "cot"
-        checked = recheck(text, mode, self.config)
-        record = self._decide("edit", reason, text=text, **checked)
-        self._save()
-        return record
-
-    # ---- progress
-    def progress(self) -> dict[str, int]:
-        """Reviewed items in the queue and overall."""
-        return {"reviewed": sum(rid in self.decisions for rid in self.queue), "queue": len(self.queue),
-                "reviewed_all": sum(rid in self.decisions for rid in self.rows), "all": len(self.rows)}
-
-    def summary(self) -> pd.DataFrame:
-        """Per mode: generated, passed checks, reviewed, kept / dropped / edited by hand, kept in the end."""
-        import pandas as pd
-
-        rows = {}
-        for mode in self.options()["mode"]:
-            ids = [rid for rid in self.order if self.rows[rid]["mode"] == mode]
-            actions = [self.decisions[rid]["action"] for rid in ids if rid in self.decisions]
-            rows[mode] = {"generated": len(ids),
-                          "passed checks": sum(bool(self.rows[r]["keep"]) for r in ids),
-                          "reviewed": len(actions), "kept by hand": actions.count("keep"),
-                          "dropped by hand": actions.count("drop"), "edited": actions.count("edit"),
-                          "kept after review": sum(self.verdict(r) == "keep" for r in ids)}
-        return pd.DataFrame.from_dict(rows, orient="index")
-
-
 def __getattr__(name: str):
-    # the widget lives in mdlab.widgets (ipywidgets, anywidget, pygments); notebooks know it as curate.Curator
-    if name in ("Curator", "KEYS", "highlight_python"):
+    # the human review (state and widget) lives in mdlab.widgets; notebooks know it as curate.Curator / CurationState
+    if name in ("CurationState", "Item", "Curator", "KEYS", "highlight_python"):
         from mdlab import widgets
 
         return getattr(widgets, name)

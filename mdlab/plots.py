@@ -1,20 +1,16 @@
-"""Figures and the results table for notebook 05.
+"""Figures and the results table (notebooks 02, 03, 05); every figure goes through ``_plt``'s backend rule.
 
-``accuracy_vs_k`` draws acc@k (with its bootstrap band) for every student, one panel per
-voting policy (the two-student ``ensemble`` shares the ``mixed`` panel: both pool k CoT and k
-PoT paths), each student's greedy path as a point at the left; ``greedy_bars`` draws
-single-path (greedy) accuracy per student and policy; ``teacher_self_consistency`` draws a
-recorded teacher's CoT vote beside the students'; ``results_table`` puts our numbers beside
-the paper's, stating the split and the decoding of each; ``write_report`` saves all of it under
-the run directory (``curves.csv``, ``greedy.csv``, ``figures/*.png``, ``results.md``,
-``results.json``). Inputs are the DataFrames of ``evaluate.evaluate_students`` (columns
-student, policy, k, acc, lo, hi, n) and the claims of ``evaluate.comparisons``.
+``accuracy_vs_k``: acc@k with its bootstrap band per student, one panel per voting policy (``ensemble``
+shares ``mixed``'s panel: both pool k CoT and k PoT paths), greedy paths as points at the left;
+``greedy_bars``: single-path accuracy per student and policy; ``teacher_self_consistency``: a recorded
+teacher's CoT vote beside the students'; ``results_table``: our numbers beside the paper's, with split and
+decoding; ``write_report``: all of it under the run directory (``curves.csv``, ``greedy.csv``,
+``figures/*.png``, ``results.md``, ``results.json``). ``curation_funnel`` (notebook 02) and ``loss_curves``
+(notebook 03) draw curation and training.
 
-What it simplifies: the paper's numbers are quoted as published (Li et al., 2023, "Mixed
-Distillation Helps Smaller Language Model Better Reasoning", SVAMP): its split is not
-published (its figures are multiples of 0.5, consistent with a 200-problem test split such
-as ours), so the comparison is indicative, never paired. ``loss_curves`` (notebook 03) and
-``curation_funnel`` (notebook 02) draw training and curation; every figure goes through ``_plt``.
+The paper's numbers (Li et al., 2023, "Mixed Distillation Helps Smaller Language Model Better Reasoning",
+SVAMP) are quoted as published: its split is not (its figures are multiples of 0.5, consistent with a
+200-problem test split such as ours), so the comparison is indicative, never paired.
 """
 
 from __future__ import annotations

@@ -26,12 +26,16 @@ import random
 import shutil
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from mdlab import config as _config
 from mdlab import runs
+
+# adapters on their base model live in models; notebooks and evaluate know them by these names
+from mdlab.models import AdapterMismatchError, base_fingerprint, check_base, load_student, merge  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,6 @@ _BOOKKEEPING = {"mode", "students", "save_steps", "save_total_limit", "logging_s
 
 class TrainError(RuntimeError):
     """Training cannot start or finish; the message says why and what to change."""
-
-
-class AdapterMismatchError(TrainError):
-    """An adapter is being put on a base model other than the one it was trained on."""
 
 
 @dataclasses.dataclass
@@ -140,20 +140,13 @@ class ExampleSet(list):
         self.dropped: dict[str, list[str]] = dropped or {}  # reason -> rationale ids
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for ex in self:
-            key = ex["mode"] + ("+repeat" if ex.get("repeat") else "")
-            out[key] = out.get(key, 0) + 1
-        out.update({f"dropped:{k}": len(v) for k, v in self.dropped.items() if v})
-        return out
+        out = Counter(ex["mode"] + ("+repeat" if ex.get("repeat") else "") for ex in self)
+        return {**out, **{f"dropped:{k}": len(v) for k, v in self.dropped.items() if v}}
 
 
 def _encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    """(input_ids, prompt length): the prompt tokenized alone, as at sampling time, then the completion.
-
-    Tokenizing the two parts separately keeps the prompt's tokens identical to the ones the
-    student sees when it samples; the completion always ends with the EOS id.
-    """
+    """(input_ids, prompt length): the prompt tokenized alone, so its tokens are the ones the student sees
+    when it samples, then the completion, which always ends with the EOS id."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if not completion_ids or completion_ids[-1] != tokenizer.eos_token_id:
@@ -172,11 +165,10 @@ def _report(dropped: dict[str, list[str]], where: str) -> None:
 def build_examples(rationales, problems, mode: str = "md", *, config: TrainConfig | None = None) -> ExampleSet:
     """Prompt-completion records for one student from curated (kept) teacher rationales.
 
-    Each record: ``prompt``, ``completion`` (rationale + EOS), ``mode`` (cot | pot),
-    ``problem_id``, ``rationale_id``, ``teacher``, ``tokens`` (prompt + completion),
-    ``prompt_tokens`` and ``repeat`` (0, or k for the k-th repetition made to reach
-    ``cot_weight``). Rationales that are empty, answer a problem not in ``problems``, or do not
-    fit ``config.max_length`` are left out, reported in a warning and in ``.dropped``.
+    Each record: ``prompt``, ``completion`` (rationale + EOS), ``mode`` (cot | pot), ``problem_id``,
+    ``rationale_id``, ``teacher``, ``tokens`` (prompt + completion), ``prompt_tokens`` and ``repeat`` (0, or
+    k for the k-th repetition made to reach ``cot_weight``). Rationales that are empty, answer a problem not
+    in ``problems``, or do not fit ``config.max_length`` are left out, reported in a warning and ``.dropped``.
     """
     from mdlab import data, models, prompts, teachers
 
@@ -246,11 +238,7 @@ def _reweight(per_mode: dict[str, list[dict]], cot_weight: float, seed: int) -> 
     """
     n_cot, n_pot = len(per_mode["cot"]), len(per_mode["pot"])
     target_cot = max(n_cot, round(n_pot * cot_weight / (1 - cot_weight)))
-    target_pot = max(n_pot, round(n_cot * (1 - cot_weight) / cot_weight))
-    if target_cot > n_cot:
-        target_pot = n_pot
-    else:
-        target_cot = n_cot
+    target_pot = n_pot if target_cot > n_cot else max(n_pot, round(n_cot * (1 - cot_weight) / cot_weight))
     rng = random.Random(seed)
     out = {}
     for m, target in (("cot", target_cot), ("pot", target_pot)):
@@ -263,114 +251,6 @@ def _reweight(per_mode: dict[str, list[dict]], cot_weight: float, seed: int) -> 
             extra += [{**base[i], "repeat": rnd} for i in order[:target - len(base) - len(extra)]]
         out[m] = base + extra
     return out
-
-
-# --------------------------------------------------------------------------- base identity
-
-def _model_dir(name: str) -> Path | None:
-    """Local directory of a model (resolving embedded/tiny and cached hub ids), or None."""
-    from mdlab import models
-
-    path = Path(models.resolve(name))
-    if path.is_dir():
-        return path
-    try:
-        from transformers.utils import cached_file
-
-        found = cached_file(str(name), "config.json", _raise_exceptions_for_missing_entries=False)
-        return Path(found).parent if found else None
-    except (OSError, ValueError):  # not cached and offline: identity falls back to the name
-        return None
-
-
-def base_fingerprint(name: str) -> dict[str, Any]:
-    """Identity of a base model: its name, a hash of config.json and a cheap hash of the weights.
-
-    The weights hash reads the size plus the first and last MiB of each safetensors file, so
-    two random models with the same shape (tiny seeds) differ, and a 7B base is not re-read.
-    """
-    path = _model_dir(name)
-    out: dict[str, Any] = {"name": str(name), "path": str(path) if path else None, "config_sha256": None,
-                           "weights_sha256": None}
-    if path is None or not (path / "config.json").exists():
-        return out
-    config = json.loads((path / "config.json").read_text())
-    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "quantization_config",
-                     "use_cache", "architectures"):
-        config.pop(volatile, None)
-    out["config_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    digest = hashlib.sha256()
-    for file in sorted(path.glob("*.safetensors")):
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}".encode())
-        with open(file, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            digest.update(fh.read(1 << 20))
-    out["weights_sha256"] = digest.hexdigest()
-    return out
-
-
-def read_adapter_manifest(adapter_dir: str | os.PathLike) -> dict:
-    manifest = runs.read_manifest(adapter_dir)
-    if not manifest:
-        raise TrainError(f"{adapter_dir} is not a finished mdlab adapter (no {MANIFEST}); a training run that was "
-                         "killed leaves only checkpoints: run train.fit again to resume it")
-    return manifest
-
-
-def check_base(adapter_dir: str | os.PathLike, model: str) -> dict:
-    """Raise ``AdapterMismatchError`` unless ``model`` is the base the adapter was trained on."""
-    manifest = read_adapter_manifest(adapter_dir)
-    want, got = manifest["base"], base_fingerprint(model)
-    for key, what in (("config_sha256", "architecture (config.json)"), ("weights_sha256", "weights")):
-        if want.get(key) and got.get(key) and want[key] != got[key]:
-            raise AdapterMismatchError(
-                f"adapter {adapter_dir} was trained on {want['name']!r} ({want.get('path')}), but {model!r} has a "
-                f"different {what}. Load it onto its own base (train.load_student(adapter_dir) reads the base from "
-                "the manifest) or retrain on this model.")
-    return manifest
-
-
-def load_student(adapter_dir: str | os.PathLike, *, model: str | None = None, quant: str = "auto",
-                 dtype: str = "auto"):
-    """(model, tokenizer): the adapter's base (from its manifest, or ``model``), checked, with the adapter on."""
-    from mdlab import models
-
-    manifest = read_adapter_manifest(adapter_dir)
-    base = model or manifest["base"]["name"]
-    check_base(adapter_dir, base)
-    return models.load(base, quant=quant, adapter=adapter_dir, dtype=dtype)
-
-
-def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, dtype=None,
-          model: str | None = None):
-    """Merge a LoRA adapter into its 16-bit base; returns (model, tokenizer), saved to ``out_dir`` if given.
-
-    A QLoRA adapter is merged into the unquantized base (bf16 by default), never into the 4-bit
-    weights, which would add the quantization error to every merged layer.
-    """
-    import torch
-
-    from mdlab import models
-
-    dtype = dtype or torch.bfloat16
-    # an fp32 merge reads the base in fp32 (the default compute dtype may be bf16 on this device)
-    merged, tokenizer = load_student(adapter_dir, model=model, quant="none",
-                                     dtype="fp32" if dtype == torch.float32 else "auto")
-    merged = merged.merge_and_unload().to(dtype)
-    merged.eval()
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-        def build(tmp: Path) -> None:
-            merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-
-        models._atomic_dir(out_dir, build)
-    return merged, tokenizer
 
 
 # ---------------------------------------------------------------------------------- fit
@@ -398,13 +278,11 @@ def _complete_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints with their trainer_state.json (the Trainer writes it last), oldest first."""
     found = []
     for path in folder.glob("checkpoint-*"):
-        state = path / "trainer_state.json"
         try:
-            step = int(path.name.split("-")[1])
-            json.loads(state.read_text())
-        except (ValueError, IndexError, OSError, json.JSONDecodeError):
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.split("-")[1]), path))
+        except (ValueError, IndexError, OSError):  # JSONDecodeError is a ValueError
             continue
-        found.append((step, path))
     return [p for _, p in sorted(found)]
 
 
@@ -439,17 +317,27 @@ def _callbacks():
     from transformers import ProgressCallback, TrainerCallback
 
     class Progress(ProgressCallback):
-        """The trainer's tqdm bar over optimizer steps, without a printed line (or notebook table row) per log:
-        loss.csv and the loss plot have them."""
+        """The tqdm bar over optimizer steps without a line (a notebook table row) per log: loss.csv has them."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass
 
     class LossCSV(TrainerCallback):
-        """Appends one row per log to loss.csv (rank 0), flushed so a kill loses nothing logged."""
+        """One loss.csv row per log (rank 0), fsynced so a kill loses nothing logged; counts the steps this
+        process ran (not restored ones) and their wall time."""
 
         def __init__(self, path: Path, tokens_before: int):
             self.path, self.tokens_before = path, tokens_before
+            self.steps, self.start, self.seconds = 0, time.perf_counter(), 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.start
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "loss" not in logs:
@@ -464,22 +352,7 @@ def _callbacks():
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    class Steps(TrainerCallback):
-        """Counts the optimizer steps this process ran (not restored ones) and the wall time."""
-
-        def __init__(self):
-            self.steps, self.start, self.seconds = 0, None, 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps += 1
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.seconds = time.perf_counter() - (self.start or time.perf_counter())
-
-    return LossCSV, Steps, Progress
+    return LossCSV, Progress
 
 
 def _fingerprint(config: TrainConfig, rows: list[dict], base: dict, student: str) -> str:
@@ -599,13 +472,9 @@ def _prepare(out: Path, fingerprint: str, overwrite: bool) -> tuple[Path | None,
 
 def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLike, *, student: str | None = None,
         callbacks: list | None = None, overwrite: bool = False) -> Path:
-    """Train one student (LoRA / QLoRA) on ``examples``; returns its adapter directory.
-
-    Writes ``run_dir/students/<student>/`` (student defaults to ``config.mode``). Resumes from
-    the latest complete checkpoint when a previous run with the same fingerprint was killed;
-    returns the existing adapter when it is already trained with the same fingerprint.
-    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
-    """
+    """Train one student (default ``config.mode``) on ``examples`` into ``run_dir/students/<student>/``; returns
+    its adapter directory (resumed after a kill, reused when finished with the same fingerprint).
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects."""
     import torch
 
     from mdlab import models
@@ -656,11 +525,10 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=config.target_modules, task_type="CAUSAL_LM")
     dataset = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    LossCSV, Steps, Progress = _callbacks()
-    steps = Steps()
+    LossCSV, Progress = _callbacks()
+    steps = LossCSV(out / LOSS_CSV, tokens_before)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config,
-                         callbacks=[LossCSV(out / LOSS_CSV, tokens_before), steps, *(callbacks or [])])
+                         peft_config=peft_config, callbacks=[steps, *(callbacks or [])])
     from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # in a notebook: a table row per logged step
 
     trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)
@@ -712,12 +580,10 @@ def curated_inputs(run_dir: str | os.PathLike, profile) -> tuple[list, list]:
     from mdlab import curate, data
 
     run_dir = Path(run_dir)
-    if not (run_dir / "rationales.jsonl").exists():
-        raise TrainError(f"{run_dir / 'rationales.jsonl'} is missing: run notebooks/01_generate_rationales.ipynb "
-                         "(then 02_curate_rationales.ipynb) for this run directory first")
-    if not (run_dir / "auto_filter.csv").exists():
-        raise TrainError(f"{run_dir / 'auto_filter.csv'} is missing: run notebooks/02_curate_rationales.ipynb for "
-                         "this run directory first")
+    for name, first in ((curate.RATIONALES, "01_generate_rationales.ipynb (then 02_curate_rationales.ipynb)"),
+                        (curate.AUTO_FILTER, "02_curate_rationales.ipynb")):
+        if not (run_dir / name).exists():
+            raise TrainError(f"{run_dir / name} is missing: run notebooks/{first} for this run directory first")
     rationales = curate.curated(run_dir)
     problems = data.load(profile.data.dataset, profile.data.train_split)
     return rationales, problems
@@ -759,10 +625,8 @@ def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mdlab.train --config PROFILE``: notebook 03's training without a kernel, for launchers.
 
-    Data parallel on several GPUs: ``accelerate launch --multi_gpu --num_processes N -m mdlab.train --config
-    configs/gpu.yaml`` (or ``torchrun --nproc_per_node N -m mdlab.train ...``); every process trains on its shard,
-    rank 0 writes. Reads the curated rationales of the run directory (notebooks 01-02), like notebook 03.
-    """
+    Data parallel: ``accelerate launch --multi_gpu --num_processes N -m mdlab.train --config configs/gpu.yaml``
+    or ``torchrun --nproc_per_node N -m mdlab.train ...``; every process trains on its shard, rank 0 writes."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mdlab.train", description=main.__doc__.split("\n\n")[0])
@@ -777,8 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rationales, problems = curated_inputs(run, prof)
     adapters = train_students(prof.train, rationales, problems, run, students=args.students)
     if _rank() == 0:
-        for student, path in adapters.items():
-            print(f"{student}: {path}")
+        print("\n".join(f"{student}: {path}" for student, path in adapters.items()))
     return 0
 
 

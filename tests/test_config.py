@@ -67,3 +67,14 @@ def test_cli_set_values_are_yaml(tmp_path):
     written = config.write_profile("cpu", parsed, tmp_path / "profile.yaml")
     again = config.load(written)
     assert again.name == "cpu" and again.train.students == ["md", "pot"] and again.data.test_limit is None
+
+
+@pytest.mark.parametrize("name", config.PROFILES)
+def test_profiles_state_only_what_differs_from_the_defaults(name):
+    import yaml
+
+    raw = yaml.safe_load(config.profile_path(name).read_text())
+    for section, cls in config._stage_classes().items():
+        defaults = cls()
+        same = [key for key, value in (raw.get(section) or {}).items() if getattr(defaults, key) == value]
+        assert not same, f"configs/{name}.yaml, {section}: {same} repeat the defaults"

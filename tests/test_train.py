@@ -150,8 +150,10 @@ def test_config_validation():
         train.TrainConfig(students=["md", "gsm"])
     with pytest.raises(ValueError, match="batching"):
         train.TrainConfig(batching="bucketed")
-    with pytest.raises(ValueError, match="dtype"):
-        train.TrainConfig(dtype="int8")
+    with pytest.raises(ValueError, match=r"train.dtype must be one of \('auto', 'bf16', 'fp16', 'fp32'\), got 'int8'"):
+        train.TrainConfig(dtype="int8")  # the choices come from the Literal annotation
+    with pytest.raises(ValueError, match="train.students must be a non-empty list"):
+        train.TrainConfig(students=[])
 
 
 def test_bf16_training_on_cpu_keeps_lora_in_fp32_and_learns(inputs, tmp_path):
@@ -249,7 +251,7 @@ def test_adapter_on_a_different_base_is_refused(trained):
     wider = str(models.tiny_path(hidden=32))
     with pytest.raises(train.AdapterMismatchError, match="architecture"):
         train.check_base(adapters["cot"], wider)
-    with pytest.raises(train.TrainError, match="not a finished mdlab adapter"):
+    with pytest.raises(models.ModelError, match="not a finished mdlab adapter"):
         train.load_student(run / "students")
 
 
@@ -329,8 +331,7 @@ def test_kill_after_a_checkpoint_then_resume_continues_from_it(inputs, tmp_path)
     child = subprocess.Popen([sys.executable, str(_child(tmp_path, 0.4, **overrides)), str(run)], env=_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     state = run / "students" / "md" / "checkpoints" / "checkpoint-3" / "trainer_state.json"
-    deadline = time.time() + 240
-    while not state.exists() and child.poll() is None and time.time() < deadline:
+    while not state.exists() and child.poll() is None:  # an event, not a time limit (pytest's --timeout guards)
         time.sleep(0.05)
     assert state.exists(), child.stderr.read().decode()[-3000:] if child.poll() is not None else "no checkpoint"
     os.killpg(child.pid, signal.SIGKILL)
@@ -441,9 +442,38 @@ def test_oom_message_points_to_the_estimate_and_smaller_settings():
     assert "GiB" in message
 
 
-def test_profiles_have_valid_train_sections():
+def test_every_profile_gives_trl_a_valid_sft_config(tmp_path):
+    from trl import SFTConfig
+
     from mdlab import config
 
-    for name in ("smoke", "cpu", "gpu"):
-        profile = config.load(name)
-        assert isinstance(profile.train, train.TrainConfig)
+    for name in config.PROFILES:
+        kwargs = train.sft_kwargs(config.load(name).train, [100, 300], str(tmp_path), cuda=False, dtype="float32")
+        args = SFTConfig(**kwargs)  # TRL's own validation of every option mdlab derives
+        assert {k: getattr(args, k) for k in ("max_length", "learning_rate", "seed")} == {
+            k: kwargs[k] for k in ("max_length", "learning_rate", "seed")}
+
+
+def test_trainer_options_pass_through_to_sft_config(inputs, tmp_path, monkeypatch):
+    import trl
+
+    with pytest.raises(ValueError, match=r"\['max_grad_norn'\] are not trl.SFTConfig options"):
+        tiny_config(trainer={"max_grad_norn": 0.3})
+    with pytest.raises(ValueError, match=r"\['learning_rate'\] are set from train's own fields"):
+        tiny_config(trainer={"learning_rate": 0.1})
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise Stop  # before any model loads
+
+    problems, rationales = inputs
+    config = tiny_config(trainer={"max_grad_norm": 0.3})
+    examples = train.build_examples(rationales, problems, "pot", config=config)
+    monkeypatch.setattr(trl, "SFTConfig", capture)
+    with pytest.raises(Stop):
+        train.fit(config, examples, tmp_path, student="pot")
+    assert seen["max_grad_norm"] == 0.3 and seen["learning_rate"] == config.learning_rate
