@@ -3,7 +3,7 @@
 #
 #   (a) bench/gpu_qlora.py   QLoRA steps on a randomly initialised Llama-2-7B-shaped model at seq 1024
 #                            and 512, batch 1, and the gpu profile's packed batches of 8 (512p8): peak
-#                            memory against train.estimate_memory (within 15%) and tokens/s;
+#                            memory against models.estimate_memory (within 15%) and tokens/s;
 #                            goal: peak <= 12 GiB at seq 1024, batch 1
 #   (b) bench/gpu_sample.py  evaluate's transformers backend on the same model in 4 bits, k=16 paths for
 #                            32 prompts, against one model.generate per path; goal >= 5x

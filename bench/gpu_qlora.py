@@ -16,8 +16,8 @@ Each one trains in its own process, so one's memory never shows in the next one'
     .venv/bin/python bench/gpu_qlora.py [--configs 1024x1 512x1 512p8] [--steps 6] [--workdir DIR] [--json out.json]
 
 Prints, per configuration, the peak GPU memory (torch's allocated and reserved bytes) next to
-``train.estimate_memory``'s prediction (a packed row is one sequence: batch 1, as
-``train.oom_message`` counts it) with their ratio, and training tokens/s with its ratio to the
+``models.estimate_memory``'s prediction (a packed row is one sequence: batch 1, as
+``models.oom_message`` counts it) with their ratio, and training tokens/s with its ratio to the
 first configuration's. Passes when every measured peak is within 15% of the prediction and
 1024x1's reserved peak is <= 12 GiB (so a 7B MD run fits a 16 GB card); exit status 0, else 1.
 Without CUDA it prints the predictions, says it needs a GPU and exits with status 2;
@@ -42,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdlab import train
+from mdlab import models, train
 
 LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
              "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
@@ -57,7 +57,7 @@ GOAL_CONFIG, GOAL_GIB, TOLERANCE = "1024x1", 12.0, 0.15
 def default_workdir(name: str = "mdlab-7b-random") -> str:
     """/dev/shm when it can hold the 7B shards (no disk write, loads from RAM), else the temp dir."""
     shm = Path("/dev/shm")
-    if shm.is_dir() and shutil.disk_usage(shm).free > 20 * train.GiB:
+    if shm.is_dir() and shutil.disk_usage(shm).free > 20 * models.GiB:
         return str(shm / name)
     return os.path.join(tempfile.gettempdir(), name)
 
@@ -70,9 +70,9 @@ def parse_config(spec: str) -> tuple[int, str, int]:
     return int(match.group(1)), "packed" if match.group(2) == "p" else "padded", int(match.group(3))
 
 
-def predict(seq: int, batching: str, batch: int, rank: int) -> train.MemoryEstimate:
+def predict(seq: int, batching: str, batch: int, rank: int) -> models.MemoryEstimate:
     # a packed micro-step is one row of at most seq tokens, whatever batch_size says
-    return train.estimate_memory("7b", seq_len=seq, batch=1 if batching == "packed" else batch, lora_rank=rank,
+    return models.estimate_memory("7b", seq_len=seq, batch=1 if batching == "packed" else batch, lora_rank=rank,
                                  quant="nf4", gradient_checkpointing=True)
 
 
@@ -180,7 +180,7 @@ def run_config(spec: str, model_dir: Path, steps: int, rank: int, dry_run: bool)
     else:
         tokens_per_s = float("nan")
     predicted = predict(seq, batching, batch, rank)
-    gib = train.GiB
+    gib = models.GiB
     result = {"config": spec, "seq": seq, "batching": batching, "batch": batch, "lora_rank": rank,
               "steps": len(marks), "tokens_per_step": round(tokens[-1] / len(tokens), 1) if tokens else None,
               "tokens_per_s": round(tokens_per_s, 1) if cuda else None, "final_loss": float(losses["loss"].iloc[-1]),
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available()
     for spec in args.configs:
-        print(f"{spec}: train.estimate_memory predicts\n{predict(*parse_config(spec), args.rank)}")
+        print(f"{spec}: models.estimate_memory predicts\n{predict(*parse_config(spec), args.rank)}")
     if not cuda and not args.cpu_dry_run:
         print("\nno CUDA device: this check needs a GPU (run it where `torch.cuda.is_available()` is True); "
               "nothing was measured", file=sys.stderr)

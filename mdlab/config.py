@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -35,6 +36,41 @@ STAGE_SECONDS = {
 
 class ConfigError(ValueError):
     """A profile file is missing or has an unknown key or a bad value."""
+
+
+def _allowed(hint) -> tuple[tuple, bool] | None:
+    """(the values a ``Literal`` type allows, whether the field is a list of them), or None for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint), False
+    if typing.get_origin(hint) is list and typing.get_origin(typing.get_args(hint)[0]) is Literal:
+        return typing.get_args(typing.get_args(hint)[0]), True
+    return None
+
+
+def check_choices(obj, section: str) -> None:
+    """Raise ``ConfigError`` where a field holds a value its ``Literal`` type (or list of one) does not allow.
+
+    The choices are read from the annotations, so they are written once, in the dataclass.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        rule = _allowed(hints[field.name])
+        if rule is None:
+            continue
+        allowed, is_list = rule
+        value = getattr(obj, field.name)
+        values = value if is_list and isinstance(value, list) else [value]
+        if (is_list and (not isinstance(value, list) or not value)) or any(v not in allowed for v in values):
+            what = "a non-empty list drawn from" if is_list else "one of"
+            raise ConfigError(f"{section}.{field.name} must be {what} {allowed}, got {value!r}")
+
+
+def check_positive(obj, section: str, names: tuple[str, ...], *, nullable: bool = False) -> None:
+    """Raise ``ConfigError`` unless each named field is >= 1 (or None when ``nullable``)."""
+    for name in names:
+        value = getattr(obj, name)
+        if (value is None and not nullable) or (value is not None and value < 1):
+            raise ConfigError(f"{section}.{name} must be >= 1{' or null' if nullable else ''}, got {value}")
 
 
 @dataclasses.dataclass
@@ -55,10 +91,7 @@ class DataConfig:
             if getattr(self, field) not in splits:
                 raise ConfigError(f"data.{field}: {self.dataset} has no split {getattr(self, field)!r}; "
                                   f"its splits: {', '.join(splits)}")
-        for field in ("train_limit", "test_limit"):
-            value = getattr(self, field)
-            if value is not None and value < 1:
-                raise ConfigError(f"data.{field} must be a positive number or null, got {value}")
+        check_positive(self, "data", ("train_limit", "test_limit"), nullable=True)
 
 
 @dataclasses.dataclass

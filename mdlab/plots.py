@@ -1,20 +1,16 @@
-"""Figures and the results table for notebook 05.
+"""Figures and the results table (notebooks 02, 03, 05); every figure goes through ``_plt``'s backend rule.
 
-``accuracy_vs_k`` draws acc@k (with its bootstrap band) for every student, one panel per
-voting policy (the two-student ``ensemble`` shares the ``mixed`` panel: both pool k CoT and k
-PoT paths), each student's greedy path as a point at the left; ``greedy_bars`` draws
-single-path (greedy) accuracy per student and policy; ``teacher_self_consistency`` draws a
-recorded teacher's CoT vote beside the students'; ``results_table`` puts our numbers beside
-the paper's, stating the split and the decoding of each; ``write_report`` saves all of it under
-the run directory (``curves.csv``, ``greedy.csv``, ``figures/*.png``, ``results.md``,
-``results.json``). Inputs are the DataFrames of ``evaluate.evaluate_students`` (columns
-student, policy, k, acc, lo, hi, n) and the claims of ``evaluate.comparisons``.
+``accuracy_vs_k``: acc@k with its bootstrap band per student, one panel per voting policy (``ensemble``
+shares ``mixed``'s panel: both pool k CoT and k PoT paths), greedy paths as points at the left;
+``greedy_bars``: single-path accuracy per student and policy; ``teacher_self_consistency``: a recorded
+teacher's CoT vote beside the students'; ``results_table``: our numbers beside the paper's, with split and
+decoding; ``write_report``: all of it under the run directory (``curves.csv``, ``greedy.csv``,
+``figures/*.png``, ``results.md``, ``results.json``). ``curation_funnel`` (notebook 02) and ``loss_curves``
+(notebook 03) draw curation and training.
 
-What it simplifies: the paper's numbers are quoted as published (Li et al., 2023, "Mixed
-Distillation Helps Smaller Language Model Better Reasoning", SVAMP): its split is not
-published (its figures are multiples of 0.5, consistent with a 200-problem test split such
-as ours), so the comparison is indicative, never paired. Loss curves are drawn by
-``train.plot_losses``, the curation funnel by ``curate``.
+The paper's numbers (Li et al., 2023, "Mixed Distillation Helps Smaller Language Model Better Reasoning",
+SVAMP) are quoted as published: its split is not (its figures are multiples of 0.5, consistent with a
+200-problem test split such as ours), so the comparison is indicative, never paired.
 """
 
 from __future__ import annotations
@@ -44,9 +40,13 @@ PANEL_TITLES = {**POLICY_LABELS, "mixed": "CoT + PoT pooled (MD: mixed; two stud
 
 
 def _plt():
+    """pyplot under the one backend rule of mdlab's figures, which are all written to files: the user's
+    ``MPLBACKEND`` or a notebook's inline backend (``module://...``) is kept; anything else becomes Agg, so a
+    script or a headless kernel never opens (or fails to open) a window."""
     import matplotlib
 
-    if os.environ.get("MPLBACKEND") is None and not os.environ.get("DISPLAY"):
+    backend = matplotlib.get_backend().lower()
+    if "MPLBACKEND" not in os.environ and not backend.startswith(("module://", "agg")):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -193,6 +193,55 @@ def greedy_bars(greedy, path: str | os.PathLike | None = None, *, title: str | N
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def curation_funnel(df, path: str | os.PathLike) -> Path:
+    """Grouped bars of ``curate.funnel(...)`` (stages x modes), saved as a PNG; returns the path."""
+    plt = _plt()
+    modes = [c for c in df.columns if c != "all"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    width = 0.8 / max(1, len(modes))
+    for j, mode in enumerate(modes):
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(df))]
+        ax.bar_label(ax.bar(xs, df[mode].values, width, label=mode.upper()), fontsize=8)
+    ax.set_xticks(range(len(df)), list(df.index))
+    ax.set_ylabel("rationales")
+    ax.set_title("Curation funnel")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _save_closed(fig, path)
+
+
+def loss_curves(run_dir: str | os.PathLike, students=("md", "cot", "pot"), *, path: str | None = None) -> Path:
+    """Training loss of each student side by side (shared y axis), saved to ``figures/loss.png``; returns the path."""
+    from mdlab import train
+
+    students = [s for s in students if len(train.read_loss(run_dir, s))]
+    if not students:
+        raise train.TrainError(f"no loss.csv under {Path(run_dir) / 'students'}: train the students first")
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(students), figsize=(4 * len(students), 3.2), sharey=True, squeeze=False)
+    for ax, student in zip(axes[0], students):
+        losses = train.read_loss(run_dir, student)
+        ax.plot(losses["step"], losses["loss"], lw=1, alpha=0.5, label="loss")
+        window = max(3, len(losses) // 8) if len(losses) >= 6 else 1
+        ax.plot(losses["step"], losses["loss"].rolling(window, min_periods=1).mean(), lw=2,
+                label=f"mean of {window}")
+        ax.set_title(f"{student} student")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss (completion tokens)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    return _save_closed(fig, Path(path) if path else Path(run_dir) / "figures" / "loss.png")
+
+
+def _save_closed(fig, path) -> Path:
+    # closed once saved: a notebook shows the file, and the inline backend would show the figure a second time
+    _save(fig, path)
+    _plt().close(fig)
+    return Path(path)
 
 
 def _pct(acc: float, lo: float | None = None, hi: float | None = None) -> str:

@@ -19,8 +19,9 @@ import os
 import platform
 import re
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 # The checkout that holds configs/ (where `make demo` runs): relative run directories resolve here, not in the
 # current directory, which is notebooks/ for a Jupyter kernel.
@@ -133,8 +134,7 @@ class JsonlStore:
         if not lines:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line)
+            fh.writelines(lines)
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -151,16 +151,25 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary file and rename it, so readers never see half a file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a whole file via a temporary file and a rename, so readers never see half of it.
+
+    An unchanged file is left alone: the demo's stage fingerprints read file times.
+    """
     path = Path(path)
+    if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
+        return
     tmp = path.with_name(path.name + ".tmp")
-    text = _escape_surrogates(json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable))
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """JSON through ``write_text_atomic``."""
+    write_text_atomic(path, _escape_surrogates(json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable)))
 
 
 def read_manifest(run_dir_: str | os.PathLike) -> dict:

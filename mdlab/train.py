@@ -1,50 +1,16 @@
-"""MD example builder and (Q)LoRA fine-tuning of the student.
+"""MD example builder and (Q)LoRA fine-tuning of the student (notebook 03).
 
-``build_examples(rationales, problems, mode)`` turns curated teacher rationales into
-prompt-completion records: prompt = ``prompts.student_prompt(question, mode)`` (the same
-input ``evaluate`` samples from), completion = rationale + the tokenizer's EOS token (so the
-student learns to stop after its rationale). ``mode="md"`` mixes CoT and PoT (multi-task, the
-task prefix in the prompt tells the student which to write); ``"cot"`` / ``"pot"`` are the
-single-mode baselines. Every example is tokenized here and checked: one that would not fit
-``max_length`` (and so be silently truncated, or lose all its label tokens) is dropped,
-counted and named in a warning, never trained on.
+``build_examples(rationales, problems, mode)`` turns curated rationales into prompt-completion
+records (prompt = ``prompts.student_prompt``, completion = rationale + EOS), tokenized and checked
+here: one longer than ``max_length`` is dropped and reported, never truncated. ``mode="md"`` mixes
+CoT and PoT, reaching the CoT share ``cot_weight`` by repeating the scarcer mode.
 
-``fit(config, examples, run_dir)`` trains one student into ``run_dir/students/<student>/``:
-``adapter/`` (LoRA weights, ``adapter_config.json``, ``manifest.json``), ``loss.csv`` (one row
-per logged step, appended and flushed as it trains), ``checkpoints/`` while it runs and
-``manifest.json``. Choices:
-
-- TRL's ``SFTTrainer`` rather than the plain ``Trainer``: it gives completion-only loss for
-  prompt-completion data, padding-free best-fit-decreasing packing (``position_ids`` restart
-  per example; transformers turns them into a block-diagonal mask for SDPA, so packing is
-  exact on CPU too -- tested), the PEFT/QLoRA wiring and token counts, all maintained
-  upstream. We tokenize ourselves and hand it ``input_ids`` + ``labels`` so the length and
-  label checks above apply to exactly what is trained (TRL would otherwise re-tokenize and
-  truncate silently).
-- Quantization per docs/design.md through ``models.load(quant=...)``: NF4 + double quantization
-  + bf16 compute on CUDA (QLoRA), plain LoRA on fp32 weights on CPU; ``quant="nf4"`` forces
-  4-bit on CPU too (slow, tested). Gradient checkpointing and bf16 on CUDA; paged 8-bit AdamW
-  on CUDA, plain AdamW on CPU.
-- Batching: ``packed`` (best-fit-decreasing bins of at most ``max_length`` tokens, one
-  padding-free row per micro-step, rows accumulated to about ``batch_size`` examples per
-  optimizer step), ``grouped`` (length-grouped sampler, padded batches) or ``padded`` (random
-  batches padded to their longest; the naive baseline of ``bench/train.py``).
-- Resume: checkpoints every ``save_steps``; a new ``fit`` on the same run directory with the
-  same config and data resumes from the latest *complete* checkpoint, truncates ``loss.csv``
-  to it and continues. A finished adapter with the same fingerprint (config, data, base
-  model) is reused without training; a different one is an error unless ``overwrite=True``.
-- The adapter is written into a temporary directory and renamed at the end, so a killed run
-  never leaves a half-written adapter that looks complete. Only rank 0 writes, so the same
-  ``fit`` runs data parallel under ``torchrun`` / ``accelerate launch``.
-
-Also: ``estimate_memory`` (will a run fit a GPU, from config.json alone), ``merge`` (adapter
-into a 16-bit base, one call), ``load_student`` (base + adapter, refusing a different base),
-``train_students`` / ``read_loss`` / ``plot_losses`` / ``summary`` for notebook 03.
-
-What it simplifies: the CoT:PoT weight is reached by repeating examples of the
-under-represented mode, not by a per-example loss weight (same expected gradient, and it
-works with packing); one LoRA config for all linear layers; no evaluation during training
-(``evaluate`` does that on the test split).
+``fit(config, examples, run_dir)`` trains one student with TRL's ``SFTTrainer`` into
+``run_dir/students/<student>/``: ``adapter/`` (written to a temporary directory, then renamed),
+``loss.csv`` (flushed per step), ``checkpoints/`` while it runs, ``manifest.json``. A killed run
+resumes from its latest complete checkpoint; a finished adapter with the same fingerprint (config,
+data, base) is reused. Only rank 0 writes, so ``fit`` also runs under ``torchrun``.
+Design choices and their reasons: docs/design.md ("train").
 """
 
 from __future__ import annotations
@@ -60,13 +26,21 @@ import random
 import shutil
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from mdlab import config as _config
+from mdlab import runs
+
+# adapters on their base model live in models; notebooks and evaluate know them by these names
+from mdlab.models import AdapterMismatchError, base_fingerprint, check_base, load_student, merge  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-STUDENTS = ("md", "cot", "pot")
+Student = Literal["md", "cot", "pot"]
+STUDENTS: tuple[str, ...] = get_args(Student)
 MANIFEST = "manifest.json"
 LOSS_CSV = "loss.csv"
 LOSS_FIELDS = ("step", "epoch", "loss", "learning_rate", "tokens")
@@ -78,15 +52,11 @@ class TrainError(RuntimeError):
     """Training cannot start or finish; the message says why and what to change."""
 
 
-class AdapterMismatchError(TrainError):
-    """An adapter is being put on a base model other than the one it was trained on."""
-
-
 @dataclasses.dataclass
 class TrainConfig:
     model: str = "embedded"  # student base: "embedded", "tiny", a hub id or a local path
-    mode: Literal["md", "cot", "pot"] = "md"  # the student `fit` trains when none is named (md = CoT + PoT)
-    students: list[str] = dataclasses.field(default_factory=lambda: list(STUDENTS))  # students notebook 03 trains
+    mode: Student = "md"  # the student `fit` trains when none is named (md = CoT + PoT)
+    students: list[Student] = dataclasses.field(default_factory=lambda: list(STUDENTS))  # students notebook 03 trains
     seed: int = 0  # seed for example choice, data order and LoRA init
     # --- examples
     cot_weight: float = 0.5  # lambda: share of CoT among MD examples, reached by repeating the scarcer mode
@@ -116,7 +86,12 @@ class TrainConfig:
     optim: Literal["auto", "paged_adamw_8bit", "adamw_torch"] = "auto"  # auto = paged 8-bit on CUDA, AdamW on CPU
     gradient_checkpointing: bool | None = None  # None = on for CUDA (memory), off on CPU (speed)
     threads: int | None = None  # CPU threads while training (None = torch's default: one per core)
-    batching: Literal["packed", "grouped", "padded"] = "packed"  # see the module docstring
+    # packed: best-fit-decreasing rows of <= max_length tokens, padding-free; grouped: length-grouped padded
+    # batches; padded: random batches padded to their longest (the naive baseline of bench/train.py)
+    batching: Literal["packed", "grouped", "padded"] = "packed"
+    # any other trl.SFTConfig option, passed through as it is (e.g. {max_grad_norm: 0.3}); the options mdlab
+    # derives from the fields above are refused here, so each setting has one name
+    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)
     # --- bookkeeping
     save_steps: int = 50  # checkpoint every N optimizer steps (resume point after a kill)
     save_total_limit: int = 2  # checkpoints kept on disk while training
@@ -124,36 +99,35 @@ class TrainConfig:
     keep_checkpoints: bool = False  # keep checkpoints/ after the adapter is saved
 
     def __post_init__(self):
-        if self.mode not in STUDENTS:
-            raise ValueError(f"train.mode must be one of {STUDENTS}, got {self.mode!r}")
-        bad = [s for s in self.students if s not in STUDENTS]
-        if bad or not self.students:
-            raise ValueError(f"train.students must be a non-empty list drawn from {STUDENTS}, got {self.students!r}")
+        _config.check_choices(self, "train")
         if self.teachers is not None and (isinstance(self.teachers, str) or not self.teachers):
             raise ValueError(f"train.teachers must be a non-empty list of teacher specs or null, got {self.teachers!r}")
         if not 0.0 < self.cot_weight < 1.0:
             raise ValueError(f"train.cot_weight (lambda) must be strictly between 0 and 1, got {self.cot_weight}")
-        for name in ("per_problem", "max_problems", "max_steps", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"train.{name} must be a positive number or null, got {value}")
-        for name in ("max_length", "lora_rank", "batch_size", "grad_accum", "save_steps", "logging_steps",
-                     "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _config.check_positive(self, "train", ("per_problem", "max_problems", "max_steps", "threads"), nullable=True)
+        _config.check_positive(self, "train", ("max_length", "lora_rank", "batch_size", "grad_accum", "save_steps",
+                                               "logging_steps", "save_total_limit"))
         if self.epochs <= 0 or self.learning_rate <= 0:
             raise ValueError("train.epochs and train.learning_rate must be positive")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.warmup < 0:
             raise ValueError(f"train.warmup must be >= 0, got {self.warmup}")
-        choices = {"quant": ("auto", "none", "nf4"), "dtype": ("auto", "bf16", "fp16", "fp32"),
-                   "batching": ("packed", "grouped", "padded"),
-                   "optim": ("auto", "paged_adamw_8bit", "adamw_torch"),
-                   "lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.trainer:
+            self._check_trainer()
+
+    def _check_trainer(self) -> None:
+        from trl import SFTConfig  # only when used: importing trl takes seconds
+
+        if not isinstance(self.trainer, dict):
+            raise _config.ConfigError(f"train.trainer must be a mapping of trl.SFTConfig options, got {self.trainer!r}")
+        unknown = sorted(set(self.trainer) - {f.name for f in dataclasses.fields(SFTConfig)})
+        if unknown:
+            raise _config.ConfigError(f"train.trainer: {unknown} are not trl.SFTConfig options")
+        derived = sorted(set(self.trainer) & set(sft_kwargs(self, [1], "out", cuda=False, dtype="fp32")))
+        if derived:
+            raise _config.ConfigError(f"train.trainer: {derived} are set from train's own fields (learning_rate, "
+                                      "epochs, batch_size, ...); set those instead")
 
 
 # ---------------------------------------------------------------------------------- examples
@@ -166,20 +140,13 @@ class ExampleSet(list):
         self.dropped: dict[str, list[str]] = dropped or {}  # reason -> rationale ids
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for ex in self:
-            key = ex["mode"] + ("+repeat" if ex.get("repeat") else "")
-            out[key] = out.get(key, 0) + 1
-        out.update({f"dropped:{k}": len(v) for k, v in self.dropped.items() if v})
-        return out
+        out = Counter(ex["mode"] + ("+repeat" if ex.get("repeat") else "") for ex in self)
+        return {**out, **{f"dropped:{k}": len(v) for k, v in self.dropped.items() if v}}
 
 
 def _encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    """(input_ids, prompt length): the prompt tokenized alone, as at sampling time, then the completion.
-
-    Tokenizing the two parts separately keeps the prompt's tokens identical to the ones the
-    student sees when it samples; the completion always ends with the EOS id.
-    """
+    """(input_ids, prompt length): the prompt tokenized alone, so its tokens are the ones the student sees
+    when it samples, then the completion, which always ends with the EOS id."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if not completion_ids or completion_ids[-1] != tokenizer.eos_token_id:
@@ -198,11 +165,10 @@ def _report(dropped: dict[str, list[str]], where: str) -> None:
 def build_examples(rationales, problems, mode: str = "md", *, config: TrainConfig | None = None) -> ExampleSet:
     """Prompt-completion records for one student from curated (kept) teacher rationales.
 
-    Each record: ``prompt``, ``completion`` (rationale + EOS), ``mode`` (cot | pot),
-    ``problem_id``, ``rationale_id``, ``teacher``, ``tokens`` (prompt + completion),
-    ``prompt_tokens`` and ``repeat`` (0, or k for the k-th repetition made to reach
-    ``cot_weight``). Rationales that are empty, answer a problem not in ``problems``, or do not
-    fit ``config.max_length`` are left out, reported in a warning and in ``.dropped``.
+    Each record: ``prompt``, ``completion`` (rationale + EOS), ``mode`` (cot | pot), ``problem_id``,
+    ``rationale_id``, ``teacher``, ``tokens`` (prompt + completion), ``prompt_tokens`` and ``repeat`` (0, or
+    k for the k-th repetition made to reach ``cot_weight``). Rationales that are empty, answer a problem not
+    in ``problems``, or do not fit ``config.max_length`` are left out, reported in a warning and ``.dropped``.
     """
     from mdlab import data, models, prompts, teachers
 
@@ -272,11 +238,7 @@ def _reweight(per_mode: dict[str, list[dict]], cot_weight: float, seed: int) -> 
     """
     n_cot, n_pot = len(per_mode["cot"]), len(per_mode["pot"])
     target_cot = max(n_cot, round(n_pot * cot_weight / (1 - cot_weight)))
-    target_pot = max(n_pot, round(n_cot * (1 - cot_weight) / cot_weight))
-    if target_cot > n_cot:
-        target_pot = n_pot
-    else:
-        target_cot = n_cot
+    target_pot = n_pot if target_cot > n_cot else max(n_pot, round(n_cot * (1 - cot_weight) / cot_weight))
     rng = random.Random(seed)
     out = {}
     for m, target in (("cot", target_cot), ("pot", target_pot)):
@@ -289,249 +251,6 @@ def _reweight(per_mode: dict[str, list[dict]], cot_weight: float, seed: int) -> 
             extra += [{**base[i], "repeat": rnd} for i in order[:target - len(base) - len(extra)]]
         out[m] = base + extra
     return out
-
-
-# --------------------------------------------------------------------------- base identity
-
-def _model_dir(name: str) -> Path | None:
-    """Local directory of a model (resolving embedded/tiny and cached hub ids), or None."""
-    from mdlab import models
-
-    path = Path(models.resolve(name))
-    if path.is_dir():
-        return path
-    try:
-        from transformers.utils import cached_file
-
-        found = cached_file(str(name), "config.json", _raise_exceptions_for_missing_entries=False)
-        return Path(found).parent if found else None
-    except (OSError, ValueError):  # not cached and offline: identity falls back to the name
-        return None
-
-
-def base_fingerprint(name: str) -> dict[str, Any]:
-    """Identity of a base model: its name, a hash of config.json and a cheap hash of the weights.
-
-    The weights hash reads the size plus the first and last MiB of each safetensors file, so
-    two random models with the same shape (tiny seeds) differ, and a 7B base is not re-read.
-    """
-    path = _model_dir(name)
-    out: dict[str, Any] = {"name": str(name), "path": str(path) if path else None, "config_sha256": None,
-                           "weights_sha256": None}
-    if path is None or not (path / "config.json").exists():
-        return out
-    config = json.loads((path / "config.json").read_text())
-    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "quantization_config",
-                     "use_cache", "architectures"):
-        config.pop(volatile, None)
-    out["config_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    digest = hashlib.sha256()
-    for file in sorted(path.glob("*.safetensors")):
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}".encode())
-        with open(file, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            digest.update(fh.read(1 << 20))
-    out["weights_sha256"] = digest.hexdigest()
-    return out
-
-
-def read_adapter_manifest(adapter_dir: str | os.PathLike) -> dict:
-    path = Path(adapter_dir) / MANIFEST
-    if not path.exists():
-        raise TrainError(f"{adapter_dir} is not a finished mdlab adapter (no {MANIFEST}); a training run that was "
-                         "killed leaves only checkpoints: run train.fit again to resume it")
-    return json.loads(path.read_text())
-
-
-def check_base(adapter_dir: str | os.PathLike, model: str) -> dict:
-    """Raise ``AdapterMismatchError`` unless ``model`` is the base the adapter was trained on."""
-    manifest = read_adapter_manifest(adapter_dir)
-    want, got = manifest["base"], base_fingerprint(model)
-    for key, what in (("config_sha256", "architecture (config.json)"), ("weights_sha256", "weights")):
-        if want.get(key) and got.get(key) and want[key] != got[key]:
-            raise AdapterMismatchError(
-                f"adapter {adapter_dir} was trained on {want['name']!r} ({want.get('path')}), but {model!r} has a "
-                f"different {what}. Load it onto its own base (train.load_student(adapter_dir) reads the base from "
-                "the manifest) or retrain on this model.")
-    return manifest
-
-
-def load_student(adapter_dir: str | os.PathLike, *, model: str | None = None, quant: str = "auto",
-                 dtype: str = "auto"):
-    """(model, tokenizer): the adapter's base (from its manifest, or ``model``), checked, with the adapter on."""
-    from mdlab import models
-
-    manifest = read_adapter_manifest(adapter_dir)
-    base = model or manifest["base"]["name"]
-    check_base(adapter_dir, base)
-    return models.load(base, quant=quant, adapter=adapter_dir, dtype=dtype)
-
-
-def merge(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, dtype=None,
-          model: str | None = None):
-    """Merge a LoRA adapter into its 16-bit base; returns (model, tokenizer), saved to ``out_dir`` if given.
-
-    A QLoRA adapter is merged into the unquantized base (bf16 by default), never into the 4-bit
-    weights, which would add the quantization error to every merged layer.
-    """
-    import torch
-
-    from mdlab import models
-
-    dtype = dtype or torch.bfloat16
-    # an fp32 merge reads the base in fp32 (the default compute dtype may be bf16 on this device)
-    merged, tokenizer = load_student(adapter_dir, model=model, quant="none",
-                                     dtype="fp32" if dtype == torch.float32 else "auto")
-    merged = merged.merge_and_unload().to(dtype)
-    merged.eval()
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-        def build(tmp: Path) -> None:
-            merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-
-        models._atomic_dir(out_dir, build)
-    return merged, tokenizer
-
-
-# -------------------------------------------------------------------------------- memory
-
-_KNOWN_SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab, tied embeddings
-    "135m": (576, 30, 9, 3, 1536, 49152, True),  # SmolLM2-135M
-    "1.1b": (2048, 22, 32, 4, 5632, 32000, False),  # TinyLlama-1.1B
-    "7b": (4096, 32, 32, 32, 11008, 32000, False),  # Llama-2-7B (CodeLlama-7B: vocab 32016)
-    "13b": (5120, 40, 40, 40, 13824, 32000, False),  # Llama-2-13B
-}
-GiB = 1 << 30
-
-
-@dataclasses.dataclass
-class MemoryEstimate:
-    """Bytes a (Q)LoRA training run needs on the GPU. "GB" means GiB (2**30), as torch reports it."""
-
-    params: int  # base parameters
-    lora_params: int  # trainable LoRA parameters
-    weights: int  # base weights (4-bit NF4 with its constants, or 16-bit)
-    lora: int  # LoRA weights and their gradients
-    optimizer: int  # optimizer states (8-bit paged AdamW: 2 bytes/param; AdamW: 8)
-    activations: int  # saved activations for backward, with gradient checkpointing if enabled
-    activations_no_checkpointing: int  # the same without gradient checkpointing
-    workspace: int  # logits, a dequantized layer, temporaries
-    checkpointing: bool  # whether `activations` assumes gradient checkpointing
-    context: int = int(0.5 * GiB)  # CUDA context + allocator slack, outside torch's allocated bytes
-
-    @property
-    def allocated(self) -> int:
-        """Predicted peak of torch.cuda.max_memory_allocated()."""
-        return self.weights + self.lora + self.optimizer + self.activations + self.workspace
-
-    @property
-    def total(self) -> int:
-        """Predicted peak the GPU must hold: allocated + 10% fragmentation + the CUDA context."""
-        return int(self.allocated * 1.1) + self.context
-
-    @property
-    def total_gb(self) -> float:
-        return self.total / GiB
-
-    def fits(self, gpu_gb: float) -> bool:
-        """Whether the run should fit a GPU with ``gpu_gb`` GiB of memory."""
-        return self.total <= gpu_gb * GiB
-
-    def __str__(self) -> str:
-        rows = [("base weights", self.weights), ("LoRA weights + grads", self.lora), ("optimizer", self.optimizer),
-                (f"activations ({'checkpointed' if self.checkpointing else 'no checkpointing'})", self.activations),
-                ("workspace", self.workspace), ("peak allocated", self.allocated), ("total on GPU", self.total)]
-        return "\n".join(f"{name:<34}{value / GiB:8.2f} GiB" for name, value in rows)
-
-
-def _shape(model) -> tuple[int, int, int, int, int, int, bool]:
-    if isinstance(model, str) and model.lower() in _KNOWN_SIZES:
-        return _KNOWN_SIZES[model.lower()]
-    config = model
-    if isinstance(model, (str, os.PathLike)):
-        from transformers import AutoConfig
-
-        from mdlab import models
-
-        try:
-            config = AutoConfig.from_pretrained(models.resolve(str(model)))
-        except OSError as exc:
-            raise TrainError(f"estimate_memory: cannot read config.json of {model!r} ({exc}); pass a local path, a "
-                             f"cached hub id, a transformers config or a size in {sorted(_KNOWN_SIZES)}") from exc
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = config.num_attention_heads
-    return (config.hidden_size, config.num_hidden_layers, heads, getattr(config, "num_key_value_heads", None) or heads,
-            config.intermediate_size, config.vocab_size, bool(getattr(config, "tie_word_embeddings", False)))
-
-
-def estimate_memory(model, seq_len: int, batch: int = 1, lora_rank: int = 16, quant: str = "nf4", *,
-                    gradient_checkpointing: bool = True, optim: str | None = None,
-                    lora_dropout: float = 0.05, dtype: str = "auto") -> MemoryEstimate:
-    """Predict the GPU memory of a LoRA / QLoRA run of a Llama-style model, loading no weights.
-
-    ``model``: a name or path (reads config.json only), a transformers config, or a known size
-    (``"135m"``, ``"1.1b"``, ``"7b"``, ``"13b"``). ``quant``: ``"nf4"`` (QLoRA; ``"auto"`` means
-    the same, since the estimate is for a GPU) or ``"none"`` (16-bit weights). LoRA on every
-    linear layer of the decoder. Activations are counted per token and layer for bf16 with
-    SDPA/flash attention (no seq^2 term): about 32*hidden + 8*intermediate bytes, plus the
-    LoRA-dropout copies; with checkpointing, one hidden state per layer plus one layer
-    recomputed. ``dtype`` (``TrainConfig.dtype``): ``"auto"``, ``"bf16"`` and ``"fp16"`` all take
-    2 bytes per value, so a T4 (fp16) gets the same estimate as an A100 (bf16); ``"fp32"`` doubles
-    the 16-bit weights, activations and workspace.
-    """
-    if dtype not in ("auto", "bf16", "fp16", "fp32"):
-        raise TrainError(f"estimate_memory: dtype {dtype!r} is not one of auto, bf16, fp16, fp32")
-    scale = 2 if dtype == "fp32" else 1  # the counts below are for 2-byte values
-    hidden, layers, heads, kv_heads, inter, vocab, tied = _shape(model)
-    kv = hidden * kv_heads // heads
-    linear_shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),
-                     (hidden, inter), (hidden, inter), (inter, hidden)]
-    linear = layers * sum(i * o for i, o in linear_shapes)
-    embed = vocab * hidden * (1 if tied else 2)
-    norms = layers * 2 * hidden + hidden
-    params = linear + embed + norms
-    four_bit = quant in ("nf4", "auto")
-    # NF4: 0.5 byte/param + an 8-bit absmax per 64 weights + an fp32 constant per 256 blocks (double quant)
-    weights = (int(linear * (0.5 + 1 / 64 + 4 / (64 * 256))) + (embed + norms) * 2 * scale if four_bit
-               else params * 2 * scale)
-    lora_params = layers * lora_rank * sum(i + o for i, o in linear_shapes)
-    lora = lora_params * 4 * 2  # fp32 weights + fp32 grads
-    optim = optim or ("paged_adamw_8bit" if four_bit else "adamw_torch")
-    optimizer = lora_params * (2 if "8bit" in optim else 8)
-    tokens = seq_len * batch
-    dropout_copies = (9 * hidden + 3 * inter) if lora_dropout > 0 else 0
-    per_layer = tokens * (32 * hidden + 8 * inter + dropout_copies) * scale
-    no_ckpt = layers * per_layer
-    ckpt = layers * tokens * hidden * 2 * scale + per_layer
-    largest_linear = max(i * o for i, o in linear_shapes)
-    # fp32 log-probs of one logits chunk pass + the dequantized weight of the largest layer (and its grad input)
-    workspace = tokens * vocab * 4 * 2 + (largest_linear * 2 * 2 * scale if four_bit else 0) + tokens * inter * 4
-    return MemoryEstimate(params=params, lora_params=lora_params, weights=weights, lora=lora, optimizer=optimizer,
-                          activations=ckpt if gradient_checkpointing else no_ckpt,
-                          activations_no_checkpointing=no_ckpt, workspace=workspace,
-                          checkpointing=gradient_checkpointing)
-
-
-def oom_message(config: TrainConfig, seq_len: int | None = None) -> str:
-    """What to tell a user whose GPU ran out of memory."""
-    seq_len = seq_len or config.max_length
-    try:
-        est = estimate_memory(config.model, seq_len, config.batch_size if config.batching != "packed" else 1,
-                              config.lora_rank, config.quant, gradient_checkpointing=True, dtype=config.dtype)
-        estimate = f"train.estimate_memory predicts (with gradient checkpointing):\n{est}\n"
-    except (TrainError, OSError, ValueError, AttributeError) as exc:  # the advice still helps without numbers
-        estimate = f"(train.estimate_memory could not read the model: {exc})\n"
-    return ("CUDA ran out of memory while training. " + estimate +
-            "Try, in this order: quant='nf4' (QLoRA), gradient_checkpointing=True, a smaller batch_size with a "
-            "larger grad_accum (same effective batch), a smaller max_length, a smaller lora_rank, or "
-            "optim='paged_adamw_8bit'. Check a setting before loading anything with "
-            "train.estimate_memory(model, seq_len, batch, lora_rank, quant).fits(gpu_gb).")
 
 
 # ---------------------------------------------------------------------------------- fit
@@ -559,13 +278,11 @@ def _complete_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints with their trainer_state.json (the Trainer writes it last), oldest first."""
     found = []
     for path in folder.glob("checkpoint-*"):
-        state = path / "trainer_state.json"
         try:
-            step = int(path.name.split("-")[1])
-            json.loads(state.read_text())
-        except (ValueError, IndexError, OSError, json.JSONDecodeError):
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.split("-")[1]), path))
+        except (ValueError, IndexError, OSError):  # JSONDecodeError is a ValueError
             continue
-        found.append((step, path))
     return [p for _, p in sorted(found)]
 
 
@@ -600,17 +317,27 @@ def _callbacks():
     from transformers import ProgressCallback, TrainerCallback
 
     class Progress(ProgressCallback):
-        """The trainer's tqdm bar over optimizer steps, without a printed line (or notebook table row) per log:
-        loss.csv and the loss plot have them."""
+        """The tqdm bar over optimizer steps without a line (a notebook table row) per log: loss.csv has them."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass
 
     class LossCSV(TrainerCallback):
-        """Appends one row per log to loss.csv (rank 0), flushed so a kill loses nothing logged."""
+        """One loss.csv row per log (rank 0), fsynced so a kill loses nothing logged; counts the steps this
+        process ran (not restored ones) and their wall time."""
 
         def __init__(self, path: Path, tokens_before: int):
             self.path, self.tokens_before = path, tokens_before
+            self.steps, self.start, self.seconds = 0, time.perf_counter(), 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.start
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "loss" not in logs:
@@ -625,26 +352,13 @@ def _callbacks():
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    class Steps(TrainerCallback):
-        """Counts the optimizer steps this process ran (not restored ones) and the wall time."""
-
-        def __init__(self):
-            self.steps, self.start, self.seconds = 0, None, 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps += 1
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.seconds = time.perf_counter() - (self.start or time.perf_counter())
-
-    return LossCSV, Steps, Progress
+    return LossCSV, Progress
 
 
 def _fingerprint(config: TrainConfig, rows: list[dict], base: dict, student: str) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _BOOKKEEPING}
+    # an empty `trainer` is left out, so adapters trained before that field existed are still reused
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in _BOOKKEEPING and (k != "trainer" or v)}
     digest = hashlib.sha256(json.dumps({"settings": settings, "student": student,
                                         "base": [base.get("config_sha256"), base.get("weights_sha256")]},
                                        sort_keys=True).encode())
@@ -679,26 +393,38 @@ def _tokenize_examples(examples: Sequence[dict], tokenizer, max_length: int) -> 
     return rows
 
 
-def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLike, *, student: str | None = None,
-        callbacks: list | None = None, overwrite: bool = False) -> Path:
-    """Train one student (LoRA / QLoRA) on ``examples``; returns its adapter directory.
+def sft_kwargs(config: TrainConfig, lengths: Sequence[int], output_dir: str, *, cuda: bool, dtype: str,
+               distributed: bool = False) -> dict[str, Any]:
+    """The ``trl.SFTConfig`` options mdlab derives from ``config`` (``dtype``: bfloat16 | float16 | float32)."""
+    gradient_checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
+    per_device, accum = config.batch_size, config.grad_accum
+    if config.batching == "packed":
+        # one padding-free row of at most max_length tokens per micro-step: SDPA attends over the whole row
+        # (block-diagonal mask), so short rows keep that cost small; accumulate rows to ~batch_size examples
+        per_device = 1
+        accum *= max(1, round(config.batch_size * sum(lengths) / len(lengths) / config.max_length))
+    return {
+        "output_dir": output_dir, "seed": config.seed, "data_seed": config.seed, "report_to": "none",
+        "per_device_train_batch_size": per_device, "gradient_accumulation_steps": accum,
+        "learning_rate": config.learning_rate, "lr_scheduler_type": config.lr_scheduler,
+        "warmup_steps": config.warmup, "weight_decay": config.weight_decay,
+        "num_train_epochs": config.epochs, "max_steps": config.max_steps or -1,
+        "optim": config.optim if config.optim != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch"),
+        "activation_checkpointing": gradient_checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None,
+        # autocast in the compute dtype; fp16 also turns on loss scaling (GPUs without bf16)
+        "bf16": dtype == "bfloat16", "fp16": dtype == "float16", "logging_steps": config.logging_steps,
+        "save_strategy": "steps", "save_steps": config.save_steps, "save_total_limit": config.save_total_limit,
+        "max_length": config.max_length,
+        "packing": config.batching == "packed", "packing_strategy": "bfd",
+        "train_sampling_strategy": "group_by_length" if config.batching == "grouped" else "random",
+        # use_cpu: without it accelerate leaves a torchrun-launched CPU job undistributed (no gradient sync)
+        "use_cpu": not cuda, "ddp_backend": "gloo" if distributed and not cuda else None,
+        "ddp_find_unused_parameters": False, "dataloader_num_workers": 0, "disable_tqdm": False,
+        "save_only_model": False}
 
-    Writes ``run_dir/students/<student>/`` (student defaults to ``config.mode``). Resumes from
-    the latest complete checkpoint when a previous run with the same fingerprint was killed;
-    returns the existing adapter when it is already trained with the same fingerprint.
-    ``callbacks``: extra ``transformers.TrainerCallback`` objects.
 
-    Built on TRL's ``SFTTrainer`` rather than the plain ``Trainer`` for its padding-free
-    packing, completion-only labels and PEFT/QLoRA wiring (see the module docstring).
-    """
-    import torch
-
-    from mdlab import models, runs
-
-    student = student or config.mode
-    if student not in STUDENTS:
-        raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
-    examples = list(examples)
+def _check_examples(examples: list[dict], student: str) -> None:
     if not examples:
         raise TrainError(f"no training examples for the {student!r} student: the training set is empty (all "
                          "rationales filtered out?). Check the curation output (notebook 02) and build_examples' "
@@ -707,61 +433,13 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     if student in ("cot", "pot") and modes - {student}:
         raise TrainError(f"the {student!r} student got examples of mode(s) {sorted(modes - {student})}; build them "
                          f"with train.build_examples(..., mode={student!r})")
-    out = student_dir(run_dir, student)
+
+
+def _prepare(out: Path, fingerprint: str, overwrite: bool) -> tuple[Path | None, int]:
+    """Clear what must not be reused (all of it with ``overwrite``, checkpoints of other settings, half-written
+    adapters and checkpoints); returns (the checkpoint to resume from, loss.csv's token count there)."""
     adapter, ckpt_dir, loss_path = out / "adapter", out / "checkpoints", out / LOSS_CSV
-    tokenizer = models.load_tokenizer(config.model)
-    rows = _tokenize_examples(examples, tokenizer, config.max_length)
-    base = base_fingerprint(config.model)
-    fingerprint = _fingerprint(config, rows, base, student)
-
-    if (adapter / MANIFEST).exists():
-        done = json.loads((adapter / MANIFEST).read_text())
-        if done.get("fingerprint") == fingerprint and not overwrite:
-            print(f"{student}: reusing the finished adapter {adapter} (same config, data and base model)")
-            if not (out / MANIFEST).exists() and _rank() == 0:  # killed between the rename and this copy
-                runs.write_json_atomic(out / MANIFEST, done)
-            return adapter
-        if not overwrite:
-            raise TrainError(f"{adapter} holds a {student!r} student trained with other settings, data or base model; "
-                             "pass overwrite=True to retrain it, or use another run directory")
     is_main = _rank() == 0
-
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    cuda = torch.cuda.is_available()
-    dtype = models.compute_dtype(config.dtype)
-    if dtype == torch.float16 and not cuda:
-        raise TrainError("train.dtype='fp16' needs a CUDA GPU (CPUs have no fp16 autocast for training); use "
-                         "'auto', 'bf16' or 'fp32'")
-    gradient_checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
-    optim = config.optim if config.optim != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    lengths = [len(r["input_ids"]) for r in rows]
-    per_device, accum = config.batch_size, config.grad_accum
-    if config.batching == "packed":
-        # one padding-free row of at most max_length tokens per micro-step: SDPA attends over the whole row
-        # (block-diagonal mask), so short rows keep that cost small; accumulate rows to ~batch_size examples
-        per_device = 1
-        accum *= max(1, round(config.batch_size * sum(lengths) / len(lengths) / config.max_length))
-    args = SFTConfig(
-        output_dir=str(ckpt_dir), seed=config.seed, data_seed=config.seed, report_to="none",
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup, weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs, max_steps=config.max_steps or -1, optim=optim,
-        activation_checkpointing=gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        # autocast in the compute dtype; fp16 also turns on loss scaling (GPUs without bf16)
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, logging_steps=config.logging_steps,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        max_length=config.max_length,
-        packing=config.batching == "packed", packing_strategy="bfd",
-        train_sampling_strategy="group_by_length" if config.batching == "grouped" else "random",
-        # use_cpu: without it accelerate leaves a torchrun-launched CPU job undistributed (no gradient sync)
-        use_cpu=not cuda, ddp_backend="gloo" if distributed and not cuda else None, ddp_find_unused_parameters=False,
-        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False)
-
-    # after SFTConfig: it has set up the process group when launched data parallel
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
@@ -771,25 +449,72 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
             shutil.rmtree(stale, ignore_errors=True)  # a half-written adapter of a killed run
         marker = ckpt_dir / "fingerprint.txt"
         if ckpt_dir.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint):
-            warnings.warn(f"{ckpt_dir}: discarding checkpoints of a run with other settings or data", stacklevel=2)
+            warnings.warn(f"{ckpt_dir}: discarding checkpoints of a run with other settings or data", stacklevel=3)
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(fingerprint)
     _barrier()
     complete = _complete_checkpoints(ckpt_dir)
     resume = complete[-1] if complete else None
-    resumed_from = int(resume.name.split("-")[1]) if resume else 0
     _barrier()
+    tokens_before = 0
     if is_main:
         for partial in ckpt_dir.glob("checkpoint-*"):  # killed mid-save: never resume from those
             if partial not in complete:
                 shutil.rmtree(partial, ignore_errors=True)
-        tokens_before = _truncate_loss(loss_path, resumed_from) if resume else 0
-        if not resume:
+        if resume:
+            tokens_before = _truncate_loss(loss_path, int(resume.name.split("-")[1]))
+        else:
             loss_path.unlink(missing_ok=True)
-    else:
-        tokens_before = 0
     _barrier()
+    return resume, tokens_before
+
+
+def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLike, *, student: str | None = None,
+        callbacks: list | None = None, overwrite: bool = False) -> Path:
+    """Train one student (default ``config.mode``) on ``examples`` into ``run_dir/students/<student>/``; returns
+    its adapter directory (resumed after a kill, reused when finished with the same fingerprint).
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects."""
+    import torch
+
+    from mdlab import models
+
+    student = student or config.mode
+    if student not in STUDENTS:
+        raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+    examples = list(examples)
+    _check_examples(examples, student)
+    out = student_dir(run_dir, student)
+    adapter, ckpt_dir = out / "adapter", out / "checkpoints"
+    tokenizer = models.load_tokenizer(config.model)
+    rows = _tokenize_examples(examples, tokenizer, config.max_length)
+    base = base_fingerprint(config.model)
+    fingerprint = _fingerprint(config, rows, base, student)
+
+    done = runs.read_manifest(adapter)
+    if done.get("fingerprint") == fingerprint and not overwrite:
+        print(f"{student}: reusing the finished adapter {adapter} (same config, data and base model)")
+        if not (out / MANIFEST).exists() and _rank() == 0:  # killed between the rename and this copy
+            runs.write_json_atomic(out / MANIFEST, done)
+        return adapter
+    if done and not overwrite:
+        raise TrainError(f"{adapter} holds a {student!r} student trained with other settings, data or base model; "
+                         "pass overwrite=True to retrain it, or use another run directory")
+
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = torch.cuda.is_available()
+    dtype = models.compute_dtype(config.dtype)
+    if dtype == torch.float16 and not cuda:
+        raise TrainError("train.dtype='fp16' needs a CUDA GPU (CPUs have no fp16 autocast for training); use "
+                         "'auto', 'bf16' or 'fp32'")
+    lengths = [len(r["input_ids"]) for r in rows]
+    args = SFTConfig(**sft_kwargs(config, lengths, str(ckpt_dir), cuda=cuda, dtype=str(dtype).replace("torch.", ""),
+                                  distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1), **config.trainer)
+    # after SFTConfig: it has set up the process group when launched data parallel
+    resume, tokens_before = _prepare(out, fingerprint, overwrite)
+    resumed_from = int(resume.name.split("-")[1]) if resume else 0
 
     import datasets
     from peft import LoraConfig
@@ -800,11 +525,10 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=config.target_modules, task_type="CAUSAL_LM")
     dataset = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    LossCSV, Steps, Progress = _callbacks()
-    steps = Steps()
+    LossCSV, Progress = _callbacks()
+    steps = LossCSV(out / LOSS_CSV, tokens_before)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config,
-                         callbacks=[LossCSV(loss_path, tokens_before), steps, *(callbacks or [])])
+                         peft_config=peft_config, callbacks=[steps, *(callbacks or [])])
     from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # in a notebook: a table row per logged step
 
     trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)
@@ -817,11 +541,11 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except torch.OutOfMemoryError as exc:
-        raise TrainError(oom_message(config)) from exc
+        raise TrainError(models.oom_message(config)) from exc
     finally:
         torch.set_num_threads(threads)
 
-    if is_main:
+    if _rank() == 0:
         losses = read_loss(out)
         manifest = {
             "student": student, "fingerprint": fingerprint, "base": base,
@@ -856,12 +580,10 @@ def curated_inputs(run_dir: str | os.PathLike, profile) -> tuple[list, list]:
     from mdlab import curate, data
 
     run_dir = Path(run_dir)
-    if not (run_dir / "rationales.jsonl").exists():
-        raise TrainError(f"{run_dir / 'rationales.jsonl'} is missing: run notebooks/01_generate_rationales.ipynb "
-                         "(then 02_curate_rationales.ipynb) for this run directory first")
-    if not (run_dir / "auto_filter.csv").exists():
-        raise TrainError(f"{run_dir / 'auto_filter.csv'} is missing: run notebooks/02_curate_rationales.ipynb for "
-                         "this run directory first")
+    for name, first in ((curate.RATIONALES, "01_generate_rationales.ipynb (then 02_curate_rationales.ipynb)"),
+                        (curate.AUTO_FILTER, "02_curate_rationales.ipynb")):
+        if not (run_dir / name).exists():
+            raise TrainError(f"{run_dir / name} is missing: run notebooks/{first} for this run directory first")
     rationales = curate.curated(run_dir)
     problems = data.load(profile.data.dataset, profile.data.train_split)
     return rationales, problems
@@ -885,10 +607,9 @@ def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
 
     rows = []
     for student in students:
-        path = adapter_dir(run_dir, student) / MANIFEST
-        if not path.exists():
+        m = runs.read_manifest(adapter_dir(run_dir, student))
+        if not m:
             continue
-        m = json.loads(path.read_text())
         losses = read_loss(run_dir, student)
         head, tail = losses["loss"].iloc[:3], losses["loss"].iloc[-3:]
         rows.append({"student": student, "examples": m["examples"], "cot": m["by_mode"]["cot"],
@@ -901,43 +622,12 @@ def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
     return pd.DataFrame(rows).round(3)
 
 
-def plot_losses(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS, *, path: str | None = None) -> Path:
-    """Loss curves of the students side by side (shared y axis), saved to ``figures/loss.png``; returns the path."""
-    import matplotlib.pyplot as plt
-
-    students = [s for s in students if len(read_loss(run_dir, s))]
-    if not students:
-        raise TrainError(f"no loss.csv under {Path(run_dir) / 'students'}: train the students first")
-    fig, axes = plt.subplots(1, len(students), figsize=(4 * len(students), 3.2), sharey=True, squeeze=False)
-    for ax, student in zip(axes[0], students):
-        losses = read_loss(run_dir, student)
-        ax.plot(losses["step"], losses["loss"], lw=1, alpha=0.5, label="loss")
-        window = max(3, len(losses) // 8) if len(losses) >= 6 else 1
-        ax.plot(losses["step"], losses["loss"].rolling(window, min_periods=1).mean(), lw=2,
-                label=f"mean of {window}")
-        ax.set_title(f"{student} student")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("training loss (completion tokens)")
-    axes[0][0].legend()
-    fig.tight_layout()
-    out = Path(path) if path else Path(run_dir) / "figures" / "loss.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)  # shown once, from the file, not again by the notebook's inline backend
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mdlab.train --config PROFILE``: notebook 03's training without a kernel, for launchers.
 
-    Data parallel on several GPUs: ``accelerate launch --multi_gpu --num_processes N -m mdlab.train --config
-    configs/gpu.yaml`` (or ``torchrun --nproc_per_node N -m mdlab.train ...``); every process trains on its shard,
-    rank 0 writes. Reads the curated rationales of the run directory (notebooks 01-02), like notebook 03.
-    """
+    Data parallel: ``accelerate launch --multi_gpu --num_processes N -m mdlab.train --config configs/gpu.yaml``
+    or ``torchrun --nproc_per_node N -m mdlab.train ...``; every process trains on its shard, rank 0 writes."""
     import argparse
-
-    from mdlab import config, runs
 
     parser = argparse.ArgumentParser(prog="python -m mdlab.train", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("--config", "--profile", required=True, help="smoke | cpu | laptop | gpu, or a YAML path")
@@ -946,13 +636,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
                         help="override one profile setting (repeatable), e.g. --set train.epochs=1")
     args = parser.parse_args(argv)
-    prof = config.load(args.config, config.parse_overrides(args.set))
+    prof = _config.load(args.config, _config.parse_overrides(args.set))
     run = runs.run_dir(args.run_dir or prof.name)
     rationales, problems = curated_inputs(run, prof)
     adapters = train_students(prof.train, rationales, problems, run, students=args.students)
     if _rank() == 0:
-        for student, path in adapters.items():
-            print(f"{student}: {path}")
+        print("\n".join(f"{student}: {path}" for student, path in adapters.items()))
     return 0
 
 

@@ -81,3 +81,14 @@ def test_relative_profile_path_from_the_notebooks_folder(tmp_path, monkeypatch):
     assert config.profile_path("mine.yaml") == Path("mine.yaml")
     with pytest.raises(config.ConfigError):
         config.load("configs/missing.yaml")
+
+
+@pytest.mark.parametrize("name", config.PROFILES)
+def test_profiles_state_only_what_differs_from_the_defaults(name):
+    import yaml
+
+    raw = yaml.safe_load(config.profile_path(name).read_text())
+    for section, cls in config._stage_classes().items():
+        defaults = cls()
+        same = [key for key, value in (raw.get(section) or {}).items() if getattr(defaults, key) == value]
+        assert not same, f"configs/{name}.yaml, {section}: {same} repeat the defaults"
