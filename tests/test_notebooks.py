@@ -283,7 +283,7 @@ def test_course_student_copies_stub_every_solution_and_keep_every_check(tmp_path
                 continue
             for version, source in (("solution", solution), ("stub", student[gid][0])):
                 namespace: dict = {}
-                exec("from mdlab import answers, data, evaluate, sandbox, train", namespace)
+                exec("from mdlab import answers, data, evaluate, models, sandbox, train", namespace)
                 try:
                     exec(source, namespace)
                 except NotImplementedError:
