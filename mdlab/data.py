@@ -27,6 +27,7 @@ import http.client
 import json
 import math
 import os
+import random
 import re
 import tempfile
 import urllib.error
@@ -313,6 +314,19 @@ def load(name: str, split: str = "test", *, limit: int | None = None) -> list[Pr
         raise DataError(f"{name}/{split}: read {len(problems)} problems, expected {dataset.splits[split]}; "
                         "the data files are not the pinned versions")
     return problems[:limit] if limit is not None else problems
+
+
+def transfer_problems(spec: str, limit: int | None = None) -> list[Problem]:
+    """A transfer set's (``"dataset:split"``) problems with a numeric answer (not all ASDiv's); ``limit``:
+    N of them, a seeded choice kept in file order (files ordered by difficulty make the first N biased)."""
+    name, split = spec.split(":")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ASDiv's licence notice, once per load
+        problems = [p for p in load(name, split) if math.isfinite(p.answer)]
+    if limit is None or limit >= len(problems):
+        return problems
+    keep = set(random.Random(0).sample(range(len(problems)), limit))
+    return [p for i, p in enumerate(problems) if i in keep]
 
 
 def by_id(problems) -> dict[str, Problem]:

@@ -1,31 +1,24 @@
 """Self-consistency evaluation: sample students' paths, vote, and estimate accuracy against k.
 
-``sample(model, problems, mode, k=, temperature=, seed=, run_dir=)`` decodes a greedy path (index -1)
-and k sampled ones per problem from ``prompts.student_prompt`` with a backend (``backend``: a model
-name or path, a student directory or a ``(model, tokenizer)`` pair -> ``generation.HFBackend``; a
-served model -> ``OpenAIBackend``; ``VLLMBackend``), scores them with ``answers.score`` (PoT in the
-sandbox, in a thread while the next batch decodes) and appends them to ``run_dir/samples.jsonl``:
-resumable, no path decoded or written twice. ``vote``: failed paths do not vote, ``answers.same``
-pools, a tie goes to the earliest first path (``mixed`` lists PoT first, so PoT wins ties).
-``acc_at_k`` averages the vote's correctness over k-subsets of N >= k stored paths per problem, with
-a bootstrap interval over problems; ``paired_bootstrap`` / ``mcnemar`` state ``CLAIMS``
-(``comparisons``); ``results`` is results.json's shape. Students (``students``, ``sample_student``,
-``evaluate_students``), transfer sets and ``teacher_curve`` sit on top. Why each choice was made, and
-what it simplifies: docs/design-notes-evaluate.md.
+``sample`` decodes a greedy path (index -1) and k sampled ones per problem from
+``prompts.student_prompt`` with a backend (``students.backend``, ``OpenAIBackend``, ``VLLMBackend``),
+scores them with ``answers.score`` and appends them to ``run_dir/samples.jsonl``, resumably.
+``vote``: failed paths do not vote, ``answers.same`` pools, a tie goes to the earliest first path
+(``mixed`` lists PoT first, so PoT wins ties). ``acc_at_k`` averages the vote's correctness over
+k-subsets of the stored paths, with a bootstrap interval over problems; ``comparisons`` tests
+``CLAIMS`` (``paired_bootstrap``, ``mcnemar``); ``results`` is results.json's shape. Student
+directories and backends live in mdlab/students.py; the reasons: docs/design-notes-evaluate.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
 import os
 import random
-import re
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,18 +28,32 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from mdlab import answers, prompts, runs, teachers
-from mdlab.generation import (STOP, Completion, HFBackend, Job, OpenAIBackend, VLLMBackend,  # noqa: F401
-                              sample_seed)
+from mdlab import answers, data, prompts, runs
+from mdlab.data import transfer_problems
+
+# re-exported: notebooks and bench reach the engine and the student layout through evaluate
+from mdlab.generation import Completion, HFBackend, Job, OpenAIBackend, VLLMBackend, sample_seed  # noqa: F401
+from mdlab.students import (  # noqa: F401
+    BASE_STUDENT,
+    SAMPLES_FILE,
+    _student_tag,
+    backend,
+    base_student,
+    sample_student,
+    sample_transfer,
+    short_tag,
+    student_backend,
+    student_k,
+    student_modes,
+    students,
+)
 
 POLICIES = ("cot", "pot", "mixed", "pot_then_cot", "ensemble")
 Policy = Literal["cot", "pot", "mixed", "pot_then_cot", "ensemble"]
 STUDENT_POLICIES = POLICIES[:-1]  # one student's paths; ``ensemble`` pools two students' (ENSEMBLE)
 GREEDY = ("cot", "pot", "pot_then_cot")  # a student's single-path policies
 ENSEMBLE = "cot+pot"  # the two-student baseline: the CoT-only student's CoT paths + the PoT-only's PoT paths
-BASE_STUDENT = "base"
 RESULTS_FILE = "results.json"
-SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclasses.dataclass
@@ -57,28 +64,20 @@ class EvalConfig:
     top_p: float = 1.0  # nucleus sampling mass (1.0 = plain temperature sampling)
     max_new_tokens: int = 256  # cap on generated tokens per path
     greedy: bool = True  # also decode one greedy path (index -1) per problem and mode
-    # students given sampled paths; the others get the greedy path only
-    sc_students: list[str] = dataclasses.field(default_factory=lambda: ["md", "cot", "pot"])
+    sc_students: list[str] = dataclasses.field(default_factory=lambda: ["md", "cot", "pot"])  # the others: greedy only
     baseline_k: int | None = None  # sampled paths per mode for the single-mode students (None = k)
     base: bool = False  # also decode the untrained base model greedily, as the student "base" (base_student)
     batch_rows: int = 64  # sequences decoded at once (a prompt brings its k+1 rows)
-    # weights' dtype for decoding (models.compute_dtype): auto = bf16 on GPUs with it (else fp16), bf16 on
-    # CPUs that multiply it natively (else fp32); the adapter is merged into weights of this dtype
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # decoding weights (models.compute_dtype)
     pot_timeout: float = 3.0  # seconds per PoT program in the sandbox
     n_subsets: int = 200  # k-subsets per problem for acc@k (all of them when there are fewer)
     bootstrap: int = 1000  # bootstrap resamples of problems for the interval
     ci: float = 0.95  # bootstrap interval mass
-    # transfer sets, "dataset:split" (e.g. "mawps-addsub:test", "asdiv:all"): every student decodes them
-    # greedily (sample_transfer) for the generality table; problems without a numeric answer are skipped
+    # "dataset:split" sets every student decodes greedily for the generality table (sample_transfer)
     transfer: list[str] = dataclasses.field(default_factory=list)
-    # N problems of each transfer set, a seeded choice kept in file order (None = all); some files are ordered
-    # by difficulty (ASDiv by grade), so the first N would not be representative
-    transfer_limit: int | None = None
+    transfer_limit: int | None = None  # N seeded problems of each (data.transfer_problems); None = all
 
     def __post_init__(self):
-        from mdlab import data
-
         if self.k < 0 or self.temperature < 0 or not 0 < self.top_p <= 1 or not 0 < self.ci < 1:
             raise ValueError(f"evaluate: need k >= 0, temperature >= 0, top_p in (0, 1], ci in (0, 1); got "
                              f"{self.k}, {self.temperature}, {self.top_p}, {self.ci}")
@@ -120,85 +119,27 @@ class Sample:
 _SAMPLE_FIELDS = {f.name for f in dataclasses.fields(Sample)}
 
 
-# ----------------------------------------------------------------------------- student directories, backends
-
-def _adapter_of(path: Path) -> Path | None:
-    """The adapter directory of a student directory or of an adapter directory, else None."""
-    return next((c for c in (path / "adapter", path) if (c / "adapter_config.json").exists()), None)
-
-
-def _adapter_tag(adapter: Path) -> str:
-    """Model tag of a student: its name and its training fingerprint (else a hash of the adapter files)."""
-    trained = runs.read_manifest(adapter)
-    name = trained.get("student", adapter.parent.name if adapter.name == "adapter" else adapter.name)
-    if not trained.get("fingerprint"):
-        digest = hashlib.sha256()
-        for file in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
-            if (adapter / file).exists():
-                digest.update((adapter / file).read_bytes())
-        return f"{name}:{digest.hexdigest()[:12]}"
-    return f"{name}:{str(trained['fingerprint'])[:12]}"
-
-
-def _base_model_of(path: Path) -> str | None:
-    """The model a ``base_student`` directory names, else None."""
-    return None if _adapter_of(path) else runs.read_manifest(path).get("base_model")
-
-
-def base_student(run_dir: str | os.PathLike, model: str) -> Path:
-    """``students/base/``: the untrained ``model`` as a student (no adapter, both modes, greedy)."""
-    folder = Path(run_dir) / "students" / BASE_STUDENT
-    manifest = {"student": BASE_STUDENT, "base_model": str(model), "by_mode": {m: 1 for m in prompts.MODES}}
-    folder.mkdir(parents=True, exist_ok=True)
-    if runs.read_manifest(folder) != manifest:
-        runs.write_json_atomic(folder / "manifest.json", manifest)
-    return folder
-
-
-def short_tag(tag: str) -> str:
-    """A model tag for people: ``md`` for ``md:24fc023af6b2`` (the fingerprint stays in the samples)."""
-    return re.sub(r":[0-9a-f]{12}$", "", tag)
-
-
-def _load_adapter(adapter: Path, dtype: str = "auto"):
-    """(model, tokenizer) for base + adapter: ``train.load_student`` for an mdlab adapter."""
-    from mdlab import models, train
-
-    if (adapter / train.MANIFEST).exists():  # an mdlab adapter: its manifest names and checks the base
-        loaded, tokenizer = train.load_student(adapter, dtype=dtype)
-    else:  # any PEFT adapter: adapter_config.json names the base
-        base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-        loaded, tokenizer = models.load(base, adapter=adapter, dtype=dtype)
-    if not getattr(loaded, "is_loaded_in_4bit", False) and hasattr(loaded, "merge_and_unload"):
-        loaded = loaded.merge_and_unload()  # plain weights decode faster than base + LoRA
-    return loaded, tokenizer
-
-
-def backend(model, *, batch_rows: int = 64, tag: str | None = None, dtype: str = "auto"):
-    """A backend for ``model`` (a backend, a (model, tokenizer) pair, a student directory, a model name
-    or path); ``dtype`` for the models it loads."""
-    if hasattr(model, "generate") and hasattr(model, "tag") and hasattr(model, "prompt_length"):
-        return model
-    from mdlab import models
-
-    path = Path(str(model))
-    if isinstance(model, tuple):
-        (loaded, tokenizer), tag = model, tag or getattr(model[0], "name_or_path", "model")
-    elif (adapter := _adapter_of(path)) is not None:
-        (loaded, tokenizer), tag = _load_adapter(adapter, dtype), tag or _adapter_tag(adapter)
-    elif (base := _base_model_of(path)) is not None:  # students/base/: the untrained model, student prompts
-        (loaded, tokenizer), tag = models.load(base, dtype=dtype), tag or f"base:{base}"
-    else:
-        (loaded, tokenizer), tag = models.load(str(model), dtype=dtype), tag or str(model)
-    return HFBackend(loaded, tokenizer, tag, batch_rows=batch_rows, stop=STOP)
-
-
 # ----------------------------------------------------------------------------- sampling
 
 def _key(rec: dict) -> tuple:
-    """The resume key of a sample record (the greedy path does not depend on temperature or seed)."""
+    """The resume key of a sample record."""
     return (rec["model"], rec["mode"], rec["problem_id"], rec["index"], float(rec["temperature"]),
             float(rec.get("top_p", 1.0)), rec.get("base_seed"), rec["max_new_tokens"])
+
+
+def _by_key(store: runs.JsonlStore) -> dict:
+    """A store's records by resume key, the first of any duplicates."""
+    have = {}
+    for rec in store.read():
+        have.setdefault(_key(rec), rec)
+    return have
+
+
+def _drawn(params: dict, index: int) -> dict:
+    """The settings a path records: the run's for a sampled path; the greedy path's do not vary."""
+    sampled = index >= 0
+    return {"temperature": params["temperature"] if sampled else 0.0, "top_p": params["top_p"] if sampled else 1.0,
+            "base_seed": params["seed"] if sampled else None, "max_new_tokens": params["max_new_tokens"]}
 
 
 def _finish_batch(jobs: list[Job], completions, tag: str, params: dict, store: runs.JsonlStore,
@@ -211,18 +152,14 @@ def _finish_batch(jobs: list[Job], completions, tag: str, params: dict, store: r
     records = []
     for job, index, c in flat:
         s = next(scored) if c.error is None else None
-        sampled = index >= 0
         records.append(Sample(
             problem_id=job.problem.id, mode=job.mode, index=index, text=c.text,
             answer=s.answer if s else None, status=s.status if s else "api_error",
-            seed=c.seed if sampled else None, model=tag, tokens=c.tokens, finish=c.finish,
-            temperature=params["temperature"] if sampled else 0.0, top_p=params["top_p"] if sampled else 1.0,
-            max_new_tokens=params["max_new_tokens"], base_seed=params["seed"] if sampled else None,
-            error=s.error if s else c.error))
+            seed=c.seed if index >= 0 else None, model=tag, tokens=c.tokens, finish=c.finish,
+            error=s.error if s else c.error, **_drawn(params, index)))
     with lock:
         store.extend(records)
-    if progress is not None:
-        progress.update(len(records))
+    progress.update(len(records))
 
 
 def _generated(engine, jobs: list[Job], rows_per_batch: int, kwargs: dict):
@@ -257,19 +194,10 @@ def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int,
     indices = ([-1] if greedy else []) + list(range(k))
 
     def key(problem, index: int) -> tuple:
-        sampled = index >= 0
         return _key({"model": engine.tag, "mode": mode, "problem_id": problem.id, "index": index,
-                     "temperature": params["temperature"] if sampled else 0.0,
-                     "top_p": params["top_p"] if sampled else 1.0, "base_seed": seed if sampled else None,
-                     "max_new_tokens": params["max_new_tokens"]})
+                     **_drawn(params, index)})
 
-    def done() -> dict:
-        have = {}
-        for rec in store.read():
-            have.setdefault(_key(rec), rec)
-        return have
-
-    have = done()
+    have = _by_key(store)
     jobs = []
     for problem in problems:
         missing = [i for i in indices if key(problem, i) not in have]
@@ -278,12 +206,10 @@ def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int,
                             [None if i < 0 else sample_seed(seed, problem.id, mode, i) for i in missing]))
     if jobs:
         jobs.sort(key=lambda job: engine.prompt_length(job.prompt))  # similar lengths: little padding
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(len(job.indices) for job in jobs), desc=f"{short_tag(engine.tag)} {mode}",
-                       unit="path")
+        bar = tqdm(total=sum(len(job.indices) for job in jobs), desc=f"{short_tag(engine.tag)} {mode}",
+                   unit="path", disable=not progress)
         kwargs = {key: params[key] for key in ("temperature", "top_p", "max_new_tokens")}
         if isinstance(engine, OpenAIBackend):
             kwargs["seed"] = seed
@@ -297,9 +223,8 @@ def sample(model, problems, mode: str, *, k: int, temperature: float, seed: int,
                     future.result()  # surface a failure now, not at the end
             for future in futures:
                 future.result()
-        if bar is not None:
-            bar.close()
-        have = done()
+        bar.close()
+        have = _by_key(store)
     missing = [(p.id, i) for p in problems for i in indices if key(p, i) not in have]
     if missing:
         raise RuntimeError(f"{len(missing)} path(s) could not be generated (e.g. {missing[:3]}): the server "
@@ -313,10 +238,7 @@ def read_samples(path: str | os.PathLike) -> list[Sample]:
     path = path / SAMPLES_FILE if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run notebooks/04_self_consistency.ipynb first")
-    first = {}
-    for rec in runs.JsonlStore(path).read():
-        first.setdefault(_key(rec), rec)
-    return [Sample.from_dict(rec) for rec in first.values()]
+    return [Sample.from_dict(rec) for rec in _by_key(runs.JsonlStore(path)).values()]
 
 
 # ----------------------------------------------------------------------------- voting and acc@k
@@ -518,75 +440,6 @@ def mcnemar(a_correct, b_correct) -> float:
 
 # ----------------------------------------------------------------------------- students (notebooks 04-05)
 
-def _student_tag(student_dir: Path) -> str | None:
-    """The model tag of a student's samples (None: not a student, or a bare ``students/base/``)."""
-    adapter = _adapter_of(student_dir)
-    if adapter is not None:
-        return _adapter_tag(adapter)
-    base = _base_model_of(student_dir)
-    if base is not None:
-        return f"base:{base}"  # the tag ``backend`` gives a base_student directory
-    trained = runs.read_manifest(student_dir)
-    if trained.get("fingerprint") and (student_dir / SAMPLES_FILE).exists():  # samples without the adapter
-        return f"{trained.get('student', student_dir.name)}:{str(trained['fingerprint'])[:12]}"
-    return None
-
-
-def students(run_dir: str | os.PathLike) -> list[Path]:
-    """Student directories, MD first: trained (``adapter/``), the base model, or shipped samples."""
-    root = Path(run_dir) / "students"
-    found = sorted((d for d in root.glob("*") if _student_tag(d) is not None
-                    or (d.name == BASE_STUDENT and (d / SAMPLES_FILE).exists())),
-                   key=lambda d: (d.name != "md", d.name))
-    if not found:
-        raise FileNotFoundError(f"no trained student under {root} (students/<name>/adapter/): "
-                                "run notebooks/03_train_md_qlora.ipynb first")
-    return found
-
-
-def student_modes(student_dir: str | os.PathLike) -> tuple[str, ...]:
-    """The modes a student was trained on (its manifest's example counts), else from its name."""
-    student_dir = Path(student_dir)
-    for folder in (student_dir, student_dir / "adapter"):
-        by_mode = runs.read_manifest(folder).get("by_mode") or {}
-        modes = tuple(m for m in prompts.MODES if by_mode.get(m))
-        if modes:
-            return modes
-    return (student_dir.name,) if student_dir.name in prompts.MODES else prompts.MODES
-
-
-def student_k(student_dir: str | os.PathLike, config: EvalConfig) -> int:
-    """Sampled paths per mode: k (MD), baseline_k (single-mode students), 0 (not in sc_students)."""
-    student_dir = Path(student_dir)
-    if student_dir.name not in config.sc_students:
-        return 0
-    single_mode = len(student_modes(student_dir)) == 1
-    return config.baseline_k if single_mode and config.baseline_k is not None else config.k
-
-
-def student_backend(student_dir: str | os.PathLike, config: EvalConfig):
-    """The backend of a student directory (base + adapter, or the base model alone), as configured."""
-    return backend(Path(student_dir), batch_rows=config.batch_rows, dtype=config.dtype)
-
-
-def sample_student(student_dir: str | os.PathLike, problems, config: EvalConfig, *, progress: bool = True,
-                   k: int | None = None, out_dir: str | os.PathLike | None = None, engine=None):
-    """Greedy + k (``student_k`` unless given) paths per mode into ``out_dir`` (else the student's
-    directory), with ``engine`` if loaded: (samples, seconds, generated tokens this call)."""
-    student_dir = Path(student_dir)
-    out_dir = Path(out_dir or student_dir)
-    store = runs.JsonlStore(out_dir / SAMPLES_FILE)
-    before, start = len(store.read()), time.perf_counter()
-    engine = student_backend(student_dir, config) if engine is None else engine
-    k = student_k(student_dir, config) if k is None else k
-    out = []
-    for mode in student_modes(student_dir):
-        out += sample(engine, problems, mode, k=k, temperature=config.temperature, seed=config.seed,
-                      run_dir=out_dir, greedy=config.greedy or k == 0, top_p=config.top_p,
-                      max_new_tokens=config.max_new_tokens, pot_timeout=config.pot_timeout, progress=progress)
-    return out, time.perf_counter() - start, sum(r["tokens"] for r in store.read()[before:])
-
-
 def summary(samples):
     """Per mode and kind (greedy / sampled): paths, share with an answer, share ended by EOS, mean tokens."""
     frame = pd.DataFrame([dataclasses.asdict(s) for s in _as_samples(samples)])
@@ -744,34 +597,6 @@ def read_results(run_dir: str | os.PathLike):
 
 
 # ----------------------------------------------------------------------------- transfer sets
-
-def transfer_problems(spec: str, limit: int | None = None) -> list:
-    """A transfer set's (``"dataset:split"``) problems with a numeric answer (not all ASDiv's): N, seeded."""
-    from mdlab import data
-
-    name, split = spec.split(":")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ASDiv's licence notice, once per load
-        problems = [p for p in data.load(name, split) if math.isfinite(p.answer)]
-    if limit is None or limit >= len(problems):
-        return problems
-    keep = set(random.Random(0).sample(range(len(problems)), limit))
-    return [p for i, p in enumerate(problems) if i in keep]
-
-
-def sample_transfer(student_dir: str | os.PathLike, config: EvalConfig, *, progress: bool = True) -> dict:
-    """Greedy paths of one student on every ``config.transfer`` set: dataset -> samples, written to
-    ``students/<name>/transfer/<dataset>/samples.jsonl``; the model is loaded once."""
-    student_dir = Path(student_dir)
-    engine = student_backend(student_dir, config) if config.transfer else None
-    out = {}
-    for spec in config.transfer:
-        name = spec.split(":")[0]
-        problems = transfer_problems(spec, config.transfer_limit)
-        out[name] = sample_student(student_dir, problems, config, k=0, engine=engine, progress=progress,
-                                   out_dir=student_dir / "transfer" / name)[0]
-    return out
-
 
 def transfer_accuracy(run_dir: str | os.PathLike, config: EvalConfig):
     """The generality table: greedy accuracy of every student (and ``ENSEMBLE``) on every transfer set

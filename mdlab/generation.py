@@ -341,9 +341,9 @@ class VLLMBackend:
 
             self.lora = LoRARequest("student", 1, str(adapter))
         if tag is None and adapter is not None:
-            from mdlab import evaluate  # the tag students' samples are read by: name + training fingerprint
+            from mdlab import students  # the tag students' samples are read by: name + training fingerprint
 
-            tag = evaluate._adapter_tag(Path(adapter))
+            tag = students._adapter_tag(Path(adapter))
         self.tag = tag or str(model)
         self.batch_rows = 4096
 
