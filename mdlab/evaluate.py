@@ -7,7 +7,7 @@ scores them with ``answers.score`` and appends them to ``run_dir/samples.jsonl``
 (``mixed`` lists PoT first, so PoT wins ties). ``acc_at_k`` averages the vote's correctness over
 k-subsets of the stored paths, with a bootstrap interval over problems; ``comparisons`` tests
 ``CLAIMS`` (``paired_bootstrap``, ``mcnemar``); ``results`` is results.json's shape. Student
-directories and backends live in mdlab/students.py; the reasons: docs/design-notes-evaluate.md.
+directories and backends live in mdlab/students.py; the reasons: docs/design.md ("Module notes").
 """
 
 from __future__ import annotations
