@@ -12,6 +12,7 @@ directories and backends live in mdlab/students.py; the reasons: docs/design.md 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -244,8 +245,7 @@ def read_samples(path: str | os.PathLike) -> list[Sample]:
 # ----------------------------------------------------------------------------- voting and acc@k
 
 def _clusters(values: list[float | None]) -> tuple[list[int], list[float]]:
-    """Candidate id per path (-1 = no vote; answers equal under ``answers.same`` join the first such
-    candidate) and each candidate's first answer."""
+    """Candidate id per path (-1: no vote; ``answers.same`` joins the first such) and each one's answer."""
     reps: list[float] = []
     ids = []
     for value in values:
@@ -620,9 +620,9 @@ def transfer_accuracy(run_dir: str | os.PathLike, config: EvalConfig):
 def teacher_samples(rationales, *, shuffle_seed: int | None = 0) -> list[Sample]:
     """Recorded teacher rationales as sampled paths, indexed in a seeded shuffle (None: recorded order,
     which may be informative: MCC-KD's first CoT is right far more often than its last)."""
-    by_problem: dict[str, list] = {}
+    by_problem = collections.defaultdict(list)
     for r in sorted(rationales, key=lambda r: r.sample):
-        by_problem.setdefault(r.problem_id, []).append(r)
+        by_problem[r.problem_id].append(r)
     out = []
     for pid, group in by_problem.items():
         if shuffle_seed is not None:
@@ -640,12 +640,10 @@ def teacher_curve(rationales, problems, *, n: int | None = None, shuffle_seed: i
     modes = {s.mode for s in samples}
     if len(modes) != 1:
         raise ValueError(f"teacher_curve takes rationales of one mode, got {sorted(modes)}")
-    counts: dict[str, int] = {}
-    for s in samples:
-        counts[s.problem_id] = counts.get(s.problem_id, 0) + 1
+    counts = collections.Counter(s.problem_id for s in samples)
     n = n or max(counts.values())
-    kept = [p for p in problems if counts.get(p.id, 0) >= n]
-    ids = {p.id for p in kept}
+    kept = [p for p in problems if counts[p.id] >= n]
+    ids = {p.id for p in kept}  # acc_at_k refuses paths of problems it is not given
     samples = [s for s in samples if s.problem_id in ids and s.index < n]
     policy = modes.pop()
     return acc_at_k(samples, kept, policy=policy, n_subsets=math.comb(n, n // 2), seed=seed,
