@@ -356,9 +356,10 @@ def _callbacks():
 
 
 def _fingerprint(config: TrainConfig, rows: list[dict], base: dict, student: str) -> str:
-    # an empty `trainer` is left out, so adapters trained before that field existed are still reused
+    # adapters trained before `trainer` existed (left out when empty), or with `epochs: 1` spelled out, are reused
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in _BOOKKEEPING and (k != "trainer" or v)}
+    settings["epochs"] = int(config.epochs) if float(config.epochs).is_integer() else config.epochs
     digest = hashlib.sha256(json.dumps({"settings": settings, "student": student,
                                         "base": [base.get("config_sha256"), base.get("weights_sha256")]},
                                        sort_keys=True).encode())

@@ -156,6 +156,16 @@ def test_config_validation():
         train.TrainConfig(students=[])
 
 
+def test_fingerprint_is_the_setting_not_its_spelling():
+    """`epochs: 1` in a profile and the default 1.0 train the same adapter, so one is reused for the other."""
+    rows = [{"input_ids": [1, 2, 3], "prompt_tokens": 2}]
+    base = {"config_sha256": "c", "weights_sha256": "w"}
+    one = train._fingerprint(train.TrainConfig(epochs=1), rows, base, "md")
+    assert one == train._fingerprint(train.TrainConfig(epochs=1.0), rows, base, "md")
+    assert one != train._fingerprint(train.TrainConfig(epochs=1.5), rows, base, "md")
+    assert one != train._fingerprint(train.TrainConfig(epochs=2), rows, base, "md")
+
+
 def test_bf16_training_on_cpu_keeps_lora_in_fp32_and_learns(inputs, tmp_path):
     """dtype='bf16' on a CPU: bf16 base weights, bf16 autocast, fp32 LoRA weights; the loss still falls."""
     import torch
