@@ -373,6 +373,14 @@ export default { render({ model, el }) {
     e.stopPropagation();
     if (KEYS.includes(e.key)) { e.preventDefault(); model.send({ key: e.key }); }
   };
+  // Python asks for focus: the editor when it opens (type at once), the curator when it closes (keys work on)
+  const focus = (what, tries) => {  // the box may still be hidden for a frame or two after the message
+    const root = el.closest(".mdlab-curator");
+    const target = what === "editor" ? root?.querySelector(".mdlab-editor textarea") : root;
+    if (target && target.offsetParent !== null) target.focus({ preventScroll: true });
+    else if (tries > 0) frame = requestAnimationFrame(() => focus(what, tries - 1));
+  };
+  model.on("msg:custom", (msg) => msg.focus && focus(msg.focus, 30));
   arm();
   document.addEventListener("keydown", onKey, true);  // capture: before JupyterLab's own handler
   return () => { cancelAnimationFrame(frame); document.removeEventListener("keydown", onKey, true); };
@@ -522,9 +530,10 @@ class Curator:
             lines.append(f"<b>Error</b><pre style='color:#a00'>{esc(item.error)}</pre>")
         self.result.value = "<br>".join(lines)
         self.verdict.value = _verdict_html(item)
-        self.context.value = ("<b>Other rationales for this problem</b>: " + (", ".join(
-            f"{esc(state.labels[o['id']])} answers {_fmt(o['answer'])} [{o['verdict']}]"
-            for o in item.others) or "none"))
+        others = [f"{esc(state.labels[o['id']])} answers {_fmt(o['answer'])} [{o['verdict']}]" for o in item.others]
+        if len(others) > 6:  # MCC-KD alone has ten per question: a line, not a paragraph
+            others = others[:5] + [f"and {len(others) - 5} more"]
+        self.context.value = "<b>Other rationales for this problem</b>: " + (", ".join(others) or "none")
 
     # ---- events
     def _act(self, action) -> None:
@@ -547,6 +556,8 @@ class Curator:
         return text + f" — {progress['reviewed']} of {progress['queue']} decided"
 
     def _show_editor(self, show: bool) -> None:
+        if show != (self.editor_box.layout.display != "none"):  # opened or closed: move the keyboard focus
+            self.keys.send({"focus": "editor" if show else "curator"})
         self.editor_box.layout.display = "" if show else "none"
         self.rationale.layout.display = "none" if show else ""
 

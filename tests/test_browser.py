@@ -176,7 +176,9 @@ def test_clicks_and_keys_in_the_browser_reach_decisions_jsonl(lab, capsys):
             }""")
             assert overflowing == [], f"scrollbars around the editor: {overflowing}"
             page.locator(".mdlab-curator").screenshot(path=str(lab["tmp"] / "curator.png"))  # for a person to look at
-            editor.click()
+            # `e` puts the cursor in the editor: type at once, no click
+            page.wait_for_function("document.activeElement === document.querySelector("
+                                   "'.mdlab-curator .mdlab-editor textarea')", timeout=30_000)
             page.keyboard.press("Control+End")
             page.keyboard.type(" # kdnpe")  # shortcut letters typed in the editor are text, not actions
             page.click(".mdlab-curator .mdlab-save")
@@ -184,8 +186,10 @@ def test_clicks_and_keys_in_the_browser_reach_decisions_jsonl(lab, capsys):
             assert [(r["id"], r["action"]) for r in records] == [(first_id, "drop"), (second_id, "edit")]
             assert records[-1]["text"].endswith(" # kdnpe") and current() == second_id
 
+            # saving hands the focus back to the curator: the keys work on without a click
+            page.wait_for_function("document.activeElement === document.querySelector('.mdlab-curator')",
+                                   timeout=30_000)
             # 50 items by keys, then 50 by clicks; each waits for the next item, as a person would
-            page.click(".mdlab-curator .mdlab-question")  # the save button that had focus is hidden now
             seconds = {}
             for method in ("keys", "clicks"):
                 start, seen = time.monotonic(), []
