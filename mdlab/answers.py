@@ -1,16 +1,9 @@
 """Answer extraction and the one comparator used everywhere.
 
-``extract(text)`` finds the number a Chain-of-Thought commits to, trying in order:
-
-1. ``\\boxed{...}`` (the last one);
-2. ``#### <answer>`` (GSM8K style);
-3. the last "answer is ..." / "answer: ..." phrase, whose value may be a number with
-   commas, currency or a percent sign, a fraction such as ``3/4``, or a small arithmetic
-   expression such as ``(10 * 45)`` (PaLM answers that way), evaluated with ``ast`` on
-   numbers and ``+ - * /`` only, never ``eval``;
-4. the last number in the text.
-
-Text after a run-on "Q:" (a few-shot model writing the next exemplar) is cut first.
+``extract(text)`` finds the number a Chain-of-Thought commits to: the last ``\\boxed{...}``, else
+the last ``#### <answer>``, else the last "answer is ..." phrase (a number, a fraction such as ``3/4``
+or an expression such as ``(10 * 45)``, as PaLM answers, evaluated with ``ast``, never ``eval``),
+else the last number. Text after a run-on "Q:" (the model writing the next exemplar) is cut first.
 
 ``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read
 disagree: exact string match (Fine-tune-CoT), ``abs(a - b) < 1e-3`` (Program-of-Thoughts),
@@ -71,8 +64,7 @@ def safe_arith(expr: str) -> float | None:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             return Fraction(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            value = ev(node.operand)
-            return -value if isinstance(node.op, ast.USub) else value
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
         raise ValueError("not arithmetic")
@@ -88,8 +80,6 @@ def to_float(value) -> float | None:
     """A number from a float, int, numeric string, fraction string or arithmetic string."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         text = _clean_numbers(value).strip().rstrip(".")
         result = safe_arith(text)
@@ -99,7 +89,7 @@ def to_float(value) -> float | None:
         return _number_token(match.group(0)) if match else None
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return result if math.isfinite(result) else None
 
@@ -147,18 +137,10 @@ def extract(text: str | None) -> float | None:
     if not text or not isinstance(text, str):
         return None
     text = cut_run_on(text)
-    boxed = _BOXED.findall(text)
-    if boxed:
-        value = to_float(boxed[-1])
-        if value is not None:
+    for found, read in ((_BOXED.findall(text), to_float), (_HASHES.findall(text), _leading_value)):
+        if found and (value := read(found[-1])) is not None:
             return value
-    hashes = _HASHES.findall(text)
-    if hashes:
-        value = _leading_value(hashes[-1])
-        if value is not None:
-            return value
-    phrases = list(_ANSWER_IS.finditer(text))
-    for phrase in reversed(phrases):
+    for phrase in reversed(list(_ANSWER_IS.finditer(text))):
         value = _leading_value(text[phrase.end():])
         if value is not None:
             return value
@@ -209,16 +191,10 @@ def clean_program(text: str) -> str:
         cut = text.find(stop)
         if cut > 0 and re.search(r"^\s*ans\s*=", text[:cut], re.M):
             text = text[:cut]
-    lines = textwrap.dedent(text).strip("\n").split("\n")
-    lines = [line.rstrip() for line in lines]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
-        return ""
-    if _parses("\n".join(lines)):
-        return "\n".join(lines)
+    program = "\n".join(line.rstrip() for line in textwrap.dedent(text).split("\n")).strip("\n")
+    if not program or _parses(program):
+        return program
+    lines = program.split("\n")
     # prose around the code: try dropping up to 12 leading and 12 trailing lines, longest first
     best = None
     for start in range(min(12, len(lines))):
