@@ -82,8 +82,7 @@ def to_float(value) -> float | None:
         return None
     if isinstance(value, str):
         text = _clean_numbers(value).strip().rstrip(".")
-        result = safe_arith(text)
-        if result is not None:
+        if (result := safe_arith(text)) is not None:
             return result
         match = _NUMBER.search(text)
         return _number_token(match.group(0)) if match else None
@@ -110,17 +109,14 @@ def _leading_value(text: str) -> float | None:
     end = _SENTENCE_END.search(text)
     phrase = text[:end.start()] if end else text
     if "=" in phrase:  # "5 + 3 = 8": the value after the last '=' is the committed one
-        tail = phrase.rsplit("=", 1)[1]
-        match = _NUMBER.search(tail)
-        if match:
+        if match := _NUMBER.search(phrase.rsplit("=", 1)[1]):
             return _number_token(match.group(0))
     expr = re.match(r"[\s\d.+\-*/()]+", phrase)
     if expr and re.search(r"\d", expr.group(0)):
         candidate = expr.group(0).strip().rstrip("+-*/ ")
         # balance a parenthesis the phrase cut off: "(120 / 3" -> "(120 / 3)"
         candidate += ")" * max(0, candidate.count("(") - candidate.count(")"))
-        value = safe_arith(candidate)
-        if value is not None:
+        if (value := safe_arith(candidate)) is not None:
             return value
     match = _NUMBER.search(phrase)
     return _number_token(match.group(0)) if match else None
@@ -141,8 +137,7 @@ def extract(text: str | None) -> float | None:
         if found and (value := read(found[-1])) is not None:
             return value
     for phrase in reversed(list(_ANSWER_IS.finditer(text))):
-        value = _leading_value(text[phrase.end():])
-        if value is not None:
+        if (value := _leading_value(text[phrase.end():])) is not None:
             return value
     return _last_number(text)
 
@@ -153,12 +148,10 @@ _ASIDE = re.compile(r"\([^()]*\)\W*$|\s(?:since|because|as|if|when)\s.*$", re.I 
 def _last_number(text: str) -> float | None:
     """The last number, ignoring a trailing aside: "3 games since 7 x 3 = 21" commits to 3."""
     text = _clean_numbers(text).rstrip()
-    last_sentence = re.split(r"(?<=[.!?])\s+|\n", text)[-1] if text else ""
-    head = _ASIDE.sub("", last_sentence)
+    head = _ASIDE.sub("", re.split(r"(?<=[.!?])\s+|\n", text)[-1])
     for scope in (head, text):
         for token in reversed(_NUMBER.findall(scope)):
-            value = _number_token(token)
-            if value is not None:
+            if (value := _number_token(token)) is not None:
                 return value
     return None
 

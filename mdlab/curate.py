@@ -96,10 +96,6 @@ def _norm_question(text: str) -> str:
     return _norm_text(text).rstrip(".?! ")
 
 
-def _as_rationale(record: Any) -> teachers.Rationale:
-    return record if isinstance(record, teachers.Rationale) else teachers.Rationale.from_dict(dict(record))
-
-
 def load_rationales(run_dir: str | os.PathLike) -> list[teachers.Rationale]:
     """The teacher rationales of a run directory (``rationales.jsonl``)."""
     path = Path(run_dir) / RATIONALES
@@ -220,7 +216,8 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
     import pandas as pd
 
     config = config or CurateConfig()
-    rats = [_as_rationale(r) for r in rationales]
+    rats = [r if isinstance(r, teachers.Rationale) else teachers.Rationale.from_dict(dict(r))
+            for r in rationales]
     by_id = problems if isinstance(problems, dict) else data.by_id(problems)
     bad_modes = sorted({r.mode for r in rats} - {"cot", "pot"})
     if bad_modes:
@@ -380,8 +377,7 @@ def curated(run_dir: str | os.PathLike, *, write: bool = True) -> list[teachers.
     """
     run_dir = Path(run_dir)
     rats = load_rationales(run_dir)
-    table = read_table(run_dir)
-    rows = {row["id"]: row for row in table.to_dict("records")}
+    rows = {row["id"]: row for row in read_table(run_dir).to_dict("records")}
     missing = [r.id for r in rats if r.id not in rows]
     if missing:
         raise ValueError(f"{len(missing)} rationale(s) in {run_dir / RATIONALES} are not in {AUTO_FILTER} "
@@ -406,8 +402,6 @@ def curated(run_dir: str | os.PathLike, *, write: bool = True) -> list[teachers.
         runs.write_text_atomic(run_dir / CURATED, "".join(runs.dumps(r) + "\n" for r in out))
     return out
 
-
-# --------------------------------------------------------------------------- curation state
 
 def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
     """Answer, status, output and error of an edited rationale (PoT re-executed, CoT re-extracted)."""

@@ -33,13 +33,12 @@ def student_prompt(question: str, mode: Mode) -> str:
 
 # ------------------------------------------------------------------------------ teacher prompts
 #
-# Few-shot prompts for teachers. The eight questions are the hand-written exemplars of Wei et
-# al. (2022, "Chain-of-Thought Prompting", Table 20), the prompt PaLM answered in the recorded
-# SVAMP rationales; none is a SVAMP, GSM8K or MAWPS test problem (tests/test_prompts.py checks
-# every test-side split by id and by text). The PoT versions follow Program of Thoughts (Chen
-# et al., 2023): the passage and the question as comment lines, descriptive variable names,
-# the result in ``ans``. Each mode has a chat form (system + alternating user/assistant turns)
-# and a completion form (one text the model continues; cut at ``STOP[mode]``).
+# The eight questions are the hand-written exemplars of Wei et al. (2022, "Chain-of-Thought Prompting",
+# Table 20), the prompt PaLM answered in the recorded SVAMP rationales; none is a SVAMP, GSM8K or MAWPS
+# test problem (tests/test_prompts.py checks every test-side split by id and by text). The PoT versions
+# follow Program of Thoughts (Chen et al., 2023): passage and question as comment lines, descriptive
+# variable names, the result in ``ans``. Each mode has a chat form (system + user/assistant turns) and a
+# completion form (one text the model continues; cut at ``STOP[mode]``).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +132,6 @@ STOP: dict[str, list[str]] = {
     "pot": ["\n\n# Passage:", "\n\n# Question:", "\n# Passage:"],
 }
 
-# the final question sentence: the last sentence that ends in '?', else the last sentence
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
