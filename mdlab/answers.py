@@ -5,14 +5,13 @@ the last ``#### <answer>``, else the last "answer is ..." phrase (a number, a fr
 or an expression such as ``(10 * 45)``, as PaLM answers, evaluated with ``ast``, never ``eval``),
 else the last number. Text after a run-on "Q:" (the model writing the next exemplar) is cut first.
 
-``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read
-disagree: exact string match (Fine-tune-CoT), ``abs(a - b) < 1e-3`` (Program-of-Thoughts),
-rounding both to int, even dropping the sign. Our rule: both are finite numbers and
-``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``. Why: an absolute 1e-3 forgives the
-float noise of executed programs (``0.1 + 0.2``) and a fraction written to three decimals
-(``0.333`` for 1/3), the tiny relative term keeps that true for large numbers, and nothing
-coarser is forgiven, because ``4.5`` for ``4``, or ``-5`` for ``5``, is a wrong answer a
-student must not be trained on or credited for. Strings are parsed with ``to_float`` first.
+``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read disagree
+(exact string match in Fine-tune-CoT, ``abs(a - b) < 1e-3`` in Program-of-Thoughts, rounding to int,
+even dropping the sign). Ours: both are finite numbers (strings parsed with ``to_float``) and
+``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``. The absolute 1e-3 forgives the float noise of
+executed programs (``0.1 + 0.2``) and a fraction written to three decimals (``0.333`` for 1/3), the
+tiny relative term keeps that true for large numbers, and nothing coarser is forgiven: ``4.5`` for
+``4``, or ``-5`` for ``5``, is a wrong answer a student must not be trained on or credited for.
 """
 
 from __future__ import annotations
@@ -172,10 +171,7 @@ def _parses(code: str) -> ast.Module | None:
 
 
 def clean_program(text: str) -> str:
-    """The program in a PoT answer: the fenced block if any, no prose before or after, dedented.
-
-    Returns "" when nothing in the text parses as Python.
-    """
+    """A PoT answer's program: its fenced block if any, no prose around it, dedented; "" if none parses."""
     text = (text or "").replace("\r\n", "\n")
     blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
     if blocks:

@@ -410,7 +410,6 @@ def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
 
 
 def __getattr__(name: str):
-    # the human review (state and widget) lives in mdlab.widgets; notebooks know it as curate.Curator / CurationState
     if name in ("CurationState", "Item", "Curator", "KEYS", "highlight_python"):
         from mdlab import widgets
 
