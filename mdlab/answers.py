@@ -107,9 +107,9 @@ def _leading_value(text: str) -> float | None:
     text = _clean_numbers(text)
     end = _SENTENCE_END.search(text)
     phrase = text[:end.start()] if end else text
-    if "=" in phrase:  # "5 + 3 = 8": the value after the last '=' is the committed one
-        if match := _NUMBER.search(phrase.rsplit("=", 1)[1]):
-            return _number_token(match.group(0))
+    # "5 + 3 = 8": the value after the last '=' is the committed one
+    if "=" in phrase and (match := _NUMBER.search(phrase.rsplit("=", 1)[1])):
+        return _number_token(match.group(0))
     expr = re.match(r"[\s\d.+\-*/()]+", phrase)
     if expr and re.search(r"\d", expr.group(0)):
         candidate = expr.group(0).strip().rstrip("+-*/ ")
