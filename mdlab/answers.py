@@ -1,25 +1,17 @@
 """Answer extraction and the one comparator used everywhere.
 
-``extract(text)`` finds the number a Chain-of-Thought commits to, trying in order:
+``extract(text)`` finds the number a Chain-of-Thought commits to: the last ``\\boxed{...}``, else
+the last ``#### <answer>``, else the last "answer is ..." phrase (a number, a fraction such as ``3/4``
+or an expression such as ``(10 * 45)``, as PaLM answers, evaluated with ``ast``, never ``eval``),
+else the last number. Text after a run-on "Q:" (the model writing the next exemplar) is cut first.
 
-1. ``\\boxed{...}`` (the last one);
-2. ``#### <answer>`` (GSM8K style);
-3. the last "answer is ..." / "answer: ..." phrase, whose value may be a number with
-   commas, currency or a percent sign, a fraction such as ``3/4``, or a small arithmetic
-   expression such as ``(10 * 45)`` (PaLM answers that way), evaluated with ``ast`` on
-   numbers and ``+ - * /`` only, never ``eval``;
-4. the last number in the text.
-
-Text after a run-on "Q:" (a few-shot model writing the next exemplar) is cut first.
-
-``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read
-disagree: exact string match (Fine-tune-CoT), ``abs(a - b) < 1e-3`` (Program-of-Thoughts),
-rounding both to int, even dropping the sign. Our rule: both are finite numbers and
-``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``. Why: an absolute 1e-3 forgives the
-float noise of executed programs (``0.1 + 0.2``) and a fraction written to three decimals
-(``0.333`` for 1/3), the tiny relative term keeps that true for large numbers, and nothing
-coarser is forgiven, because ``4.5`` for ``4``, or ``-5`` for ``5``, is a wrong answer a
-student must not be trained on or credited for. Strings are parsed with ``to_float`` first.
+``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read disagree
+(exact string match in Fine-tune-CoT, ``abs(a - b) < 1e-3`` in Program-of-Thoughts, rounding to int,
+even dropping the sign). Ours: both are finite numbers (strings parsed with ``to_float``) and
+``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``. The absolute 1e-3 forgives the float noise of
+executed programs (``0.1 + 0.2``) and a fraction written to three decimals (``0.333`` for 1/3), the
+tiny relative term keeps that true for large numbers, and nothing coarser is forgiven: ``4.5`` for
+``4``, or ``-5`` for ``5``, is a wrong answer a student must not be trained on or credited for.
 """
 
 from __future__ import annotations
@@ -71,8 +63,7 @@ def safe_arith(expr: str) -> float | None:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             return Fraction(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            value = ev(node.operand)
-            return -value if isinstance(node.op, ast.USub) else value
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
         raise ValueError("not arithmetic")
@@ -88,18 +79,15 @@ def to_float(value) -> float | None:
     """A number from a float, int, numeric string, fraction string or arithmetic string."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         text = _clean_numbers(value).strip().rstrip(".")
-        result = safe_arith(text)
-        if result is not None:
+        if (result := safe_arith(text)) is not None:
             return result
         match = _NUMBER.search(text)
         return _number_token(match.group(0)) if match else None
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return result if math.isfinite(result) else None
 
@@ -119,18 +107,15 @@ def _leading_value(text: str) -> float | None:
     text = _clean_numbers(text)
     end = _SENTENCE_END.search(text)
     phrase = text[:end.start()] if end else text
-    if "=" in phrase:  # "5 + 3 = 8": the value after the last '=' is the committed one
-        tail = phrase.rsplit("=", 1)[1]
-        match = _NUMBER.search(tail)
-        if match:
-            return _number_token(match.group(0))
+    # "5 + 3 = 8": the value after the last '=' is the committed one
+    if "=" in phrase and (match := _NUMBER.search(phrase.rsplit("=", 1)[1])):
+        return _number_token(match.group(0))
     expr = re.match(r"[\s\d.+\-*/()]+", phrase)
     if expr and re.search(r"\d", expr.group(0)):
         candidate = expr.group(0).strip().rstrip("+-*/ ")
         # balance a parenthesis the phrase cut off: "(120 / 3" -> "(120 / 3)"
         candidate += ")" * max(0, candidate.count("(") - candidate.count(")"))
-        value = safe_arith(candidate)
-        if value is not None:
+        if (value := safe_arith(candidate)) is not None:
             return value
     match = _NUMBER.search(phrase)
     return _number_token(match.group(0)) if match else None
@@ -147,20 +132,11 @@ def extract(text: str | None) -> float | None:
     if not text or not isinstance(text, str):
         return None
     text = cut_run_on(text)
-    boxed = _BOXED.findall(text)
-    if boxed:
-        value = to_float(boxed[-1])
-        if value is not None:
+    for found, read in ((_BOXED.findall(text), to_float), (_HASHES.findall(text), _leading_value)):
+        if found and (value := read(found[-1])) is not None:
             return value
-    hashes = _HASHES.findall(text)
-    if hashes:
-        value = _leading_value(hashes[-1])
-        if value is not None:
-            return value
-    phrases = list(_ANSWER_IS.finditer(text))
-    for phrase in reversed(phrases):
-        value = _leading_value(text[phrase.end():])
-        if value is not None:
+    for phrase in reversed(list(_ANSWER_IS.finditer(text))):
+        if (value := _leading_value(text[phrase.end():])) is not None:
             return value
     return _last_number(text)
 
@@ -171,12 +147,10 @@ _ASIDE = re.compile(r"\([^()]*\)\W*$|\s(?:since|because|as|if|when)\s.*$", re.I 
 def _last_number(text: str) -> float | None:
     """The last number, ignoring a trailing aside: "3 games since 7 x 3 = 21" commits to 3."""
     text = _clean_numbers(text).rstrip()
-    last_sentence = re.split(r"(?<=[.!?])\s+|\n", text)[-1] if text else ""
-    head = _ASIDE.sub("", last_sentence)
+    head = _ASIDE.sub("", re.split(r"(?<=[.!?])\s+|\n", text)[-1])
     for scope in (head, text):
         for token in reversed(_NUMBER.findall(scope)):
-            value = _number_token(token)
-            if value is not None:
+            if (value := _number_token(token)) is not None:
                 return value
     return None
 
@@ -197,10 +171,7 @@ def _parses(code: str) -> ast.Module | None:
 
 
 def clean_program(text: str) -> str:
-    """The program in a PoT answer: the fenced block if any, no prose before or after, dedented.
-
-    Returns "" when nothing in the text parses as Python.
-    """
+    """A PoT answer's program: its fenced block if any, no prose around it, dedented; "" if none parses."""
     text = (text or "").replace("\r\n", "\n")
     blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
     if blocks:
@@ -209,16 +180,10 @@ def clean_program(text: str) -> str:
         cut = text.find(stop)
         if cut > 0 and re.search(r"^\s*ans\s*=", text[:cut], re.M):
             text = text[:cut]
-    lines = textwrap.dedent(text).strip("\n").split("\n")
-    lines = [line.rstrip() for line in lines]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
-        return ""
-    if _parses("\n".join(lines)):
-        return "\n".join(lines)
+    program = "\n".join(line.rstrip() for line in textwrap.dedent(text).split("\n")).strip("\n")
+    if not program or _parses(program):
+        return program
+    lines = program.split("\n")
     # prose around the code: try dropping up to 12 leading and 12 trailing lines, longest first
     best = None
     for start in range(min(12, len(lines))):

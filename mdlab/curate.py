@@ -75,8 +75,8 @@ class CurateConfig:
         check_positive(self, "curate", ("max_chars_cot", "max_chars_pot", "memory_mb"))
         check_positive(self, "curate", ("workers",), nullable=True)
         if not 0.0 < self.duplicate_similarity <= 1.0:
-            raise ValueError(f"curate.duplicate_similarity must be in (0, 1], "
-                             f"got {self.duplicate_similarity}")
+            raise ValueError(f"curate.duplicate_similarity must be in (0, 1], got "
+                             f"{self.duplicate_similarity}")
         if self.timeout <= 0:
             raise ValueError(f"curate.timeout must be > 0 seconds, got {self.timeout}")
 
@@ -85,9 +85,7 @@ class CurateConfig:
 
 def reason_list(reasons: str | float | None) -> list[str]:
     """The reasons of one row as a list (the CSV stores them ``;``-joined)."""
-    if not isinstance(reasons, str) or not reasons:
-        return []
-    return reasons.split(";")
+    return reasons.split(";") if isinstance(reasons, str) and reasons else []
 
 
 def _norm_text(text: str) -> str:
@@ -96,10 +94,6 @@ def _norm_text(text: str) -> str:
 
 def _norm_question(text: str) -> str:
     return _norm_text(text).rstrip(".?! ")
-
-
-def _as_rationale(record: Any) -> teachers.Rationale:
-    return record if isinstance(record, teachers.Rationale) else teachers.Rationale.from_dict(dict(record))
 
 
 def load_rationales(run_dir: str | os.PathLike) -> list[teachers.Rationale]:
@@ -160,10 +154,8 @@ def _leak_sets(problems: Iterable[data.Problem], test_problems) -> tuple[set, se
 
 
 def _similar(a: str, b: str, threshold: float) -> bool:
-    if a == b:
-        return True
-    if threshold >= 1.0:
-        return False
+    if a == b or threshold >= 1.0:
+        return a == b
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return (matcher.real_quick_ratio() >= threshold and matcher.quick_ratio() >= threshold
             and matcher.ratio() >= threshold)
@@ -207,9 +199,8 @@ def _disagreements(rows: list[dict]) -> list[bool]:
     return out
 
 
-def _order(reasons: Iterable[str]) -> list[str]:
-    unique = set(reasons)
-    return [name for name in REASONS if name in unique]
+def _order(reasons: list[str]) -> list[str]:
+    return [name for name in REASONS if name in reasons]
 
 
 def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None = None, *,
@@ -225,7 +216,8 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
     import pandas as pd
 
     config = config or CurateConfig()
-    rats = [_as_rationale(r) for r in rationales]
+    rats = [r if isinstance(r, teachers.Rationale) else teachers.Rationale.from_dict(dict(r))
+            for r in rationales]
     by_id = problems if isinstance(problems, dict) else data.by_id(problems)
     bad_modes = sorted({r.mode for r in rats} - {"cot", "pot"})
     if bad_modes:
@@ -241,12 +233,10 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
         gold = float(problem.answer) if problem is not None else math.nan
         answer, status, output, error = dataclasses.astuple(scored[i])
         row = {"id": r.id, "problem_id": r.problem_id,
-               "dataset": r.dataset or (problem.dataset if problem else ""),
-               "mode": r.mode, "teacher": r.teacher, "sample": r.sample,
-               "question": problem.question if problem else "", "gold": gold, "answer": answer,
-               "status": status,
-               "correct": bool(answer is not None and answers.same(answer, gold)), "chars": len(r.text or ""),
-               "output": output, "error": error or ""}
+               "dataset": r.dataset or (problem.dataset if problem else ""), "mode": r.mode,
+               "teacher": r.teacher, "sample": r.sample, "question": problem.question if problem else "",
+               "gold": gold, "answer": answer, "status": status, "correct": answers.same(answer, gold),
+               "chars": len(r.text or ""), "output": output, "error": error or ""}
         why = [] if problem is not None else ["unknown_problem"]
         why += _answer_reasons(r, row, config)
         if config.check_leakage and problem is not None and (
@@ -271,12 +261,11 @@ def auto_filter(rationales: Iterable[Any], problems, config: CurateConfig | None
                 earlier.append(text)
 
     for row, why in zip(rows, reasons):
-        ordered = _order(why)
-        row["reasons"] = ";".join(ordered)
-        row["keep"] = not ordered
-    columns = ["id", "problem_id", "dataset", "mode", "teacher", "sample", "question", "gold", "answer",
-               "status", "correct", "chars", "output", "error", "reasons", "keep"]
-    table = pd.DataFrame(rows, columns=columns)
+        row["reasons"] = ";".join(_order(why))
+        row["keep"] = not row["reasons"]
+    table = pd.DataFrame(rows, columns=["id", "problem_id", "dataset", "mode", "teacher", "sample",
+                                        "question", "gold", "answer", "status", "correct", "chars", "output",
+                                        "error", "reasons", "keep"])
     table["answer"] = pd.to_numeric(table["answer"], errors="coerce").astype(float)
     return table
 
@@ -388,8 +377,7 @@ def curated(run_dir: str | os.PathLike, *, write: bool = True) -> list[teachers.
     """
     run_dir = Path(run_dir)
     rats = load_rationales(run_dir)
-    table = read_table(run_dir)
-    rows = {row["id"]: row for row in table.to_dict("records")}
+    rows = {row["id"]: row for row in read_table(run_dir).to_dict("records")}
     missing = [r.id for r in rats if r.id not in rows]
     if missing:
         raise ValueError(f"{len(missing)} rationale(s) in {run_dir / RATIONALES} are not in {AUTO_FILTER} "
@@ -408,15 +396,12 @@ def curated(run_dir: str | os.PathLike, *, write: bool = True) -> list[teachers.
                                            error=decision.get("error") or None,
                                            params={**(r.params or {}), "edited": True}))
         else:
-            answer = row["answer"]
-            out.append(dataclasses.replace(r, answer=answers.to_float(answer), status=row["status"],
+            out.append(dataclasses.replace(r, answer=answers.to_float(row["answer"]), status=row["status"],
                                            error=row["error"] or None))
     if write:
         runs.write_text_atomic(run_dir / CURATED, "".join(runs.dumps(r) + "\n" for r in out))
     return out
 
-
-# --------------------------------------------------------------------------- curation state
 
 def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
     """Answer, status, output and error of an edited rationale (PoT re-executed, CoT re-extracted)."""
@@ -425,7 +410,6 @@ def recheck(text: str, mode: str, config: CurateConfig | None = None) -> dict:
 
 
 def __getattr__(name: str):
-    # the human review (state and widget) lives in mdlab.widgets; notebooks know it as curate.Curator / CurationState
     if name in ("CurationState", "Item", "Curator", "KEYS", "highlight_python"):
         from mdlab import widgets
 

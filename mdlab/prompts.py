@@ -27,20 +27,18 @@ STUDENT_INSTRUCTION: dict[str, str] = {
 
 def student_prompt(question: str, mode: Mode) -> str:
     """The student's input for one question and mode (shared by train and evaluate)."""
-    if mode not in STUDENT_INSTRUCTION:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_mode(mode)
     return f"[{mode.upper()}] {STUDENT_INSTRUCTION[mode]}\nQuestion: {question.strip()}\nAnswer:\n"
 
 
 # ------------------------------------------------------------------------------ teacher prompts
 #
-# Few-shot prompts for teachers. The eight questions are the hand-written exemplars of Wei et
-# al. (2022, "Chain-of-Thought Prompting", Table 20), the prompt PaLM answered in the recorded
-# SVAMP rationales; none is a SVAMP, GSM8K or MAWPS test problem (tests/test_prompts.py checks
-# every test-side split by id and by text). The PoT versions follow Program of Thoughts (Chen
-# et al., 2023): the passage and the question as comment lines, descriptive variable names,
-# the result in ``ans``. Each mode has a chat form (system + alternating user/assistant turns)
-# and a completion form (one text the model continues; cut at ``STOP[mode]``).
+# The eight questions are the hand-written exemplars of Wei et al. (2022, "Chain-of-Thought Prompting",
+# Table 20), the prompt PaLM answered in the recorded SVAMP rationales; none is a SVAMP, GSM8K or MAWPS
+# test problem (tests/test_prompts.py checks every test-side split by id and by text). The PoT versions
+# follow Program of Thoughts (Chen et al., 2023): passage and question as comment lines, descriptive
+# variable names, the result in ``ans``. Each mode has a chat form (system + user/assistant turns) and a
+# completion form (one text the model continues; cut at ``STOP[mode]``).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +132,6 @@ STOP: dict[str, list[str]] = {
     "pot": ["\n\n# Passage:", "\n\n# Question:", "\n# Passage:"],
 }
 
-# the final question sentence: the last sentence that ends in '?', else the last sentence
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
@@ -151,14 +148,11 @@ def split_question(text: str) -> tuple[str, str]:
 
 
 def _pot_header(passage: str, question: str) -> str:
-    lines = [f"# Passage: {passage}"] if passage else []
-    return "\n".join(lines + [f"# Question: {question}"]) + "\n"
+    return (f"# Passage: {passage}\n" if passage else "") + f"# Question: {question}\n"
 
 
 def _user_turn(text: str, mode: Mode) -> str:
-    if mode == "cot":
-        return f"Q: {text}"
-    return _pot_header(*split_question(text))
+    return f"Q: {text}" if mode == "cot" else _pot_header(*split_question(text))
 
 
 def teacher_messages(question: str, mode: Mode, *, shots: int | None = None) -> list[dict]:
@@ -166,9 +160,9 @@ def teacher_messages(question: str, mode: Mode, *, shots: int | None = None) -> 
     _check_mode(mode)
     messages = [{"role": "system", "content": TEACHER_SYSTEM[mode]}]
     for ex in EXEMPLARS[:shots]:
-        messages.append({"role": "user", "content": _user_turn(ex.text, mode) if mode == "cot"
+        messages.append({"role": "user", "content": f"Q: {ex.text}" if mode == "cot"
                          else _pot_header(ex.passage, ex.question)})
-        messages.append({"role": "assistant", "content": ex.cot if mode == "cot" else ex.pot})
+        messages.append({"role": "assistant", "content": getattr(ex, mode)})
     messages.append({"role": "user", "content": _user_turn(question, mode)})
     return messages
 
@@ -177,11 +171,8 @@ def teacher_completion(question: str, mode: Mode, *, shots: int | None = None) -
     """The completion form: exemplars as one text that ends where the model writes its answer."""
     _check_mode(mode)
     parts = [COMPLETION_HEADER[mode]]
-    for ex in EXEMPLARS[:shots]:
-        if mode == "cot":
-            parts.append(f"Q: {ex.text}\nA: {ex.cot}\n\n")
-        else:
-            parts.append(f"{_pot_header(ex.passage, ex.question)}{ex.pot}\n\n")
+    parts += [f"Q: {ex.text}\nA: {ex.cot}\n\n" if mode == "cot"
+              else f"{_pot_header(ex.passage, ex.question)}{ex.pot}\n\n" for ex in EXEMPLARS[:shots]]
     parts.append(f"Q: {' '.join(question.split())}\nA:" if mode == "cot" else _user_turn(question, mode))
     return "".join(parts)
 

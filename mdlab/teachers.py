@@ -1,15 +1,13 @@
 """Teacher backends and ``generate``: CoT and PoT rationales for every problem, kept on disk.
 
-A teacher (``Teacher``) turns (problem, mode) into raw rationale texts: ``OpenAICompatible`` (any
-OpenAI-style server, ``mdlab/openai_compat.py``), ``HFLocal`` (a transformers model in this process),
-``Recorded`` (published outputs, ``mdlab/recorded.py``) and ``Annotations`` (gold rationales from the
-datasets' derivations, ``mdlab/gold.py``). ``generate`` asks one teacher for problems x n samples in
-one mode, cleans and scores each answer (``answers.score``) and appends it to
-``run_dir/rationales.jsonl`` at once, keyed by a hash of everything that determines it: a rerun
-makes no teacher call, and a killed run resumes with nothing lost or written twice. Requests that
-fail after every retry are not written; ``generate`` raises ``TeacherError`` naming them once the
-rest is saved. ``TeacherConfig`` is a profile's ``teacher`` section; ``table``, ``summary`` and
-``side_by_side`` show the results."""
+Backends (``Teacher``): ``OpenAICompatible`` (any OpenAI-style server, ``mdlab/openai_compat.py``),
+``HFLocal`` (a transformers model in this process), ``Recorded`` (published outputs, ``mdlab/recorded.py``)
+and ``Annotations`` (gold rationales from the datasets' derivations, ``mdlab/gold.py``). ``generate``
+appends each cleaned and scored answer (``answers.score``) to ``run_dir/rationales.jsonl`` at once, keyed
+by a hash of everything that determines it: a rerun makes no teacher call, and a killed run resumes with
+nothing lost or written twice. Requests that fail after every retry are not written: ``generate`` raises
+``TeacherError`` naming them once the rest is saved. ``TeacherConfig`` is a profile's ``teacher`` section;
+``table``, ``summary`` and ``side_by_side`` show the results."""
 
 from __future__ import annotations
 
@@ -21,14 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol, Sequence
 
-from mdlab import answers, gold, prompts, recorded, runs
+from mdlab import answers, data, gold, prompts, recorded, runs
 from mdlab.data import Problem
 
 RATIONALES_FILE = "rationales.jsonl"
 CHAT_API = ("chat", "completions")
-# Statuses: "ok"; "no_answer" (CoT without a number, or a program that sets no answer); "no_code" (PoT text with
-# no program in it); the sandbox's "error" / "timeout" / "memory" / "forbidden"; "api_error" (the server refused
-# this one request, e.g. a prompt too long).
+# "no_answer": a CoT without a number, or a program that sets none; "no_code": PoT text with no program in it;
+# then the sandbox's statuses; "api_error": the server refused this one request (e.g. a prompt too long).
 STATUSES = ("ok", "no_answer", "no_code", "error", "timeout", "memory", "forbidden", "api_error")
 
 
@@ -138,11 +135,10 @@ def clean_cot(text: str) -> str:
 class HFLocal:
     """A transformers causal LM in this process, decoded by ``generation.HFBackend`` like the students.
 
-    ``model`` is anything ``models.resolve`` takes ("embedded", "tiny", a hub id, a local path).
-    ``chat``: use the tokenizer's chat template (None = when it has one). A prompt's n samples share
-    one prefill; each sample has its own seed, ``generation.sample_seed(seed, problem, mode, sample)``,
-    recorded as ``params.request_seed``, so it does not depend on batching. ``batch_size``: prompts
-    decoded at once.
+    ``model``: anything ``models.resolve`` takes ("embedded", "tiny", a hub id, a path); ``chat``: use the
+    tokenizer's chat template (None = when it has one); ``batch_size``: prompts decoded at once. A prompt's n
+    samples share one prefill; each has its own seed (``generation.sample_seed``, recorded as
+    ``params.request_seed``), so it does not depend on batching.
     """
 
     def __init__(self, model: str = "embedded", *, batch_size: int = 8, chat: bool | None = None,
@@ -156,10 +152,6 @@ class HFLocal:
 
     def __repr__(self) -> str:
         return f"HFLocal(model={self.model_name!r}, batch_size={self.batch_size})"
-
-    def load(self):
-        """(model, tokenizer), loaded once."""
-        return self.engine().model, self.engine().tokenizer
 
     def engine(self):
         """The ``generation.HFBackend`` over this model, made once."""
@@ -232,7 +224,6 @@ class HFLocal:
                 yield chunk
 
 
-
 class _Replay:
     """A teacher that replays fixed texts: sample i is its i-th text for a problem (no sampling parameters)."""
 
@@ -283,8 +274,6 @@ class Recorded(_Replay):
         return mode == self.mode
 
     def prompt_hash(self, problem: Problem, mode: str) -> str:
-        from mdlab import data
-
         return _sha("recorded-v1", self.source, [data.SOURCES[f]["sha256"] for f in self.spec["files"]])
 
     def key_params(self, *, temperature: float, max_tokens: int) -> dict:
