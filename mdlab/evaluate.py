@@ -35,18 +35,8 @@ from mdlab.data import transfer_problems
 # re-exported: notebooks and bench reach the engine and the student layout through evaluate
 from mdlab.generation import Completion, HFBackend, Job, OpenAIBackend, VLLMBackend, sample_seed  # noqa: F401
 from mdlab.students import (  # noqa: F401
-    BASE_STUDENT,
-    SAMPLES_FILE,
-    _student_tag,
-    backend,
-    base_student,
-    sample_student,
-    sample_transfer,
-    short_tag,
-    student_backend,
-    student_k,
-    student_modes,
-    students,
+    SAMPLES_FILE, _student_tag, backend, base_student, sample_student, sample_transfer, short_tag, student_k,
+    student_modes, students,
 )
 
 POLICIES = ("cot", "pot", "mixed", "pot_then_cot", "ensemble")
@@ -294,9 +284,8 @@ def _problem_acc(cot: list, pot: list, gold: float, policy: str, k: int, limit: 
         pool = cot_ids if policy == "cot" else pot_ids
         return float(np.nan_to_num(_vote_rows(pool[_subsets(len(pool), k, limit, rng)], correct)).mean())
     if math.comb(len(pot), k) * math.comb(len(cot), k) <= limit:
-        pairs = list(itertools.product(_subsets(len(pot), k, limit, rng), _subsets(len(cot), k, limit, rng)))
-        pot_rows = np.array([p for p, _ in pairs]).reshape(-1, k)
-        cot_rows = np.array([c for _, c in pairs]).reshape(-1, k)
+        pot_all, cot_all = _subsets(len(pot), k, limit, rng), _subsets(len(cot), k, limit, rng)
+        pot_rows, cot_rows = np.repeat(pot_all, len(cot_all), axis=0), np.tile(cot_all, (len(pot_all), 1))
     else:  # independent random halves: k PoT paths and k CoT paths per draw
         pot_rows = _subsets(len(pot), k, limit, rng, random_=True)
         cot_rows = _subsets(len(cot), k, limit, rng, random_=True)
