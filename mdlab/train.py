@@ -1,16 +1,10 @@
 """MD example builder and (Q)LoRA fine-tuning of the student (notebook 03).
 
-``build_examples(rationales, problems, mode)`` turns curated rationales into prompt-completion
-records (prompt = ``prompts.student_prompt``, completion = rationale + EOS), tokenized and checked
-here: one longer than ``max_length`` is dropped and reported, never truncated. ``mode="md"`` mixes
-CoT and PoT, reaching the CoT share ``cot_weight`` by repeating the scarcer mode.
-
-``fit(config, examples, run_dir)`` trains one student with TRL's ``SFTTrainer`` into
-``run_dir/students/<student>/``: ``adapter/`` (written to a temporary directory, then renamed),
-``loss.csv`` (flushed per step), ``checkpoints/`` while it runs, ``manifest.json``. A killed run
-resumes from its latest complete checkpoint; a finished adapter with the same fingerprint (config,
-data, base) is reused. Only rank 0 writes, so ``fit`` also runs under ``torchrun``.
-Design choices and their reasons: docs/design.md ("train").
+``build_examples`` turns curated rationales into one student's prompt-completion records; ``fit`` trains it
+with TRL's ``SFTTrainer`` into ``run_dir/students/<student>/`` (``adapter/``, ``loss.csv``, ``checkpoints/``
+while it runs, ``manifest.json``), resuming a killed run from its latest complete checkpoint and reusing a
+finished adapter with the same fingerprint (config, data, base). Only rank 0 writes, so ``fit`` also runs
+under ``torchrun``. Design choices and their reasons: docs/design.md ("train").
 """
 
 from __future__ import annotations
