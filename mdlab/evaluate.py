@@ -1,13 +1,8 @@
 """Self-consistency evaluation: sample students' paths, vote, and estimate accuracy against k.
 
-``sample`` decodes a greedy path (index -1) and k sampled ones per problem from
-``prompts.student_prompt`` with a backend (``students.backend``, ``OpenAIBackend``, ``VLLMBackend``),
-scores them with ``answers.score`` and appends them to ``run_dir/samples.jsonl``, resumably.
-``vote``: failed paths do not vote, ``answers.same`` pools, a tie goes to the earliest first path
-(``mixed`` lists PoT first, so PoT wins ties). ``acc_at_k`` averages the vote's correctness over
-k-subsets of the stored paths, with a bootstrap interval over problems; ``comparisons`` tests
-``CLAIMS`` (``paired_bootstrap``, ``mcnemar``); ``results`` is results.json's shape. Student
-directories and backends live in mdlab/students.py; the reasons: docs/design.md ("Module notes").
+``sample`` scores paths (``answers.score``) into ``run_dir/samples.jsonl``; in ``vote`` ties go to the
+earliest first path, and ``mixed`` lists PoT first, so PoT wins ties; ``comparisons`` tests ``CLAIMS``.
+Student directories and backends live in mdlab/students.py; the reasons: docs/design.md ("Module notes").
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -35,22 +30,12 @@ from mdlab.data import transfer_problems
 # re-exported: notebooks and bench reach the engine and the student layout through evaluate
 from mdlab.generation import Completion, HFBackend, Job, OpenAIBackend, VLLMBackend, sample_seed  # noqa: F401
 from mdlab.students import (  # noqa: F401
-    BASE_STUDENT,
-    SAMPLES_FILE,
-    _student_tag,
-    backend,
-    base_student,
-    sample_student,
-    sample_transfer,
-    short_tag,
-    student_backend,
-    student_k,
-    student_modes,
-    students,
+    SAMPLES_FILE, _student_tag, backend, base_student, sample_student, sample_transfer, short_tag, student_k,
+    student_modes, students,
 )
 
-POLICIES = ("cot", "pot", "mixed", "pot_then_cot", "ensemble")
 Policy = Literal["cot", "pot", "mixed", "pot_then_cot", "ensemble"]
+POLICIES: tuple[str, ...] = get_args(Policy)
 STUDENT_POLICIES = POLICIES[:-1]  # one student's paths; ``ensemble`` pools two students' (ENSEMBLE)
 GREEDY = ("cot", "pot", "pot_then_cot")  # a student's single-path policies
 ENSEMBLE = "cot+pot"  # the two-student baseline: the CoT-only student's CoT paths + the PoT-only's PoT paths
@@ -294,9 +279,8 @@ def _problem_acc(cot: list, pot: list, gold: float, policy: str, k: int, limit: 
         pool = cot_ids if policy == "cot" else pot_ids
         return float(np.nan_to_num(_vote_rows(pool[_subsets(len(pool), k, limit, rng)], correct)).mean())
     if math.comb(len(pot), k) * math.comb(len(cot), k) <= limit:
-        pairs = list(itertools.product(_subsets(len(pot), k, limit, rng), _subsets(len(cot), k, limit, rng)))
-        pot_rows = np.array([p for p, _ in pairs]).reshape(-1, k)
-        cot_rows = np.array([c for _, c in pairs]).reshape(-1, k)
+        pot_all, cot_all = _subsets(len(pot), k, limit, rng), _subsets(len(cot), k, limit, rng)
+        pot_rows, cot_rows = np.repeat(pot_all, len(cot_all), axis=0), np.tile(cot_all, (len(pot_all), 1))
     else:  # independent random halves: k PoT paths and k CoT paths per draw
         pot_rows = _subsets(len(pot), k, limit, rng, random_=True)
         cot_rows = _subsets(len(cot), k, limit, rng, random_=True)

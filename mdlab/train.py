@@ -1,16 +1,10 @@
 """MD example builder and (Q)LoRA fine-tuning of the student (notebook 03).
 
-``build_examples(rationales, problems, mode)`` turns curated rationales into prompt-completion
-records (prompt = ``prompts.student_prompt``, completion = rationale + EOS), tokenized and checked
-here: one longer than ``max_length`` is dropped and reported, never truncated. ``mode="md"`` mixes
-CoT and PoT, reaching the CoT share ``cot_weight`` by repeating the scarcer mode.
-
-``fit(config, examples, run_dir)`` trains one student with TRL's ``SFTTrainer`` into
-``run_dir/students/<student>/``: ``adapter/`` (written to a temporary directory, then renamed),
-``loss.csv`` (flushed per step), ``checkpoints/`` while it runs, ``manifest.json``. A killed run
-resumes from its latest complete checkpoint; a finished adapter with the same fingerprint (config,
-data, base) is reused. Only rank 0 writes, so ``fit`` also runs under ``torchrun``.
-Design choices and their reasons: docs/design.md ("train").
+``build_examples`` turns curated rationales into one student's prompt-completion records; ``fit`` trains it
+with TRL's ``SFTTrainer`` into ``run_dir/students/<student>/`` (``adapter/``, ``loss.csv``, ``checkpoints/``
+while it runs, ``manifest.json``), resuming a killed run from its latest complete checkpoint and reusing a
+finished adapter with the same fingerprint (config, data, base). Only rank 0 writes, so ``fit`` also runs
+under ``torchrun``. Design choices and their reasons: docs/design.md ("train").
 """
 
 from __future__ import annotations
@@ -113,10 +107,8 @@ class TrainConfig:
             raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.warmup < 0:
             raise ValueError(f"train.warmup must be >= 0, got {self.warmup}")
-        if self.trainer:
-            self._check_trainer()
-
-    def _check_trainer(self) -> None:
+        if not self.trainer:
+            return
         from trl import SFTConfig  # only when used: importing trl takes seconds
 
         if not isinstance(self.trainer, dict):
@@ -242,8 +234,7 @@ def _reweight(per_mode: dict[str, list[dict]], cot_weight: float, seed: int) -> 
     rng = random.Random(seed)
     out = {}
     for m, target in (("cot", target_cot), ("pot", target_pot)):
-        base = per_mode[m]
-        extra = []
+        base, extra = per_mode[m], []
         while len(base) + len(extra) < target:
             order = list(range(len(base)))
             rng.shuffle(order)
@@ -290,11 +281,8 @@ def read_loss(run_dir_or_student_dir: str | os.PathLike, student: str | None = N
     """``loss.csv`` of a student as a DataFrame (step, epoch, loss, learning_rate, tokens)."""
     import pandas as pd
 
-    folder = student_dir(run_dir_or_student_dir, student) if student else Path(run_dir_or_student_dir)
-    path = folder / LOSS_CSV
-    if not path.exists():
-        return pd.DataFrame(columns=list(LOSS_FIELDS))
-    return pd.read_csv(path)
+    path = (student_dir(run_dir_or_student_dir, student) if student else Path(run_dir_or_student_dir)) / LOSS_CSV
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(LOSS_FIELDS))
 
 
 def _truncate_loss(path: Path, step: int) -> int:
@@ -502,7 +490,10 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
         raise TrainError(f"{adapter} holds a {student!r} student trained with other settings, data or base model; "
                          "pass overwrite=True to retrain it, or use another run directory")
 
+    import datasets
+    from peft import LoraConfig
     from transformers import set_seed
+    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # in a notebook: a table row per logged step
     from trl import SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available()
@@ -510,16 +501,12 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     if dtype == torch.float16 and not cuda:
         raise TrainError("train.dtype='fp16' needs a CUDA GPU (CPUs have no fp16 autocast for training); use "
                          "'auto', 'bf16' or 'fp32'")
-    lengths = [len(r["input_ids"]) for r in rows]
-    args = SFTConfig(**sft_kwargs(config, lengths, str(ckpt_dir), cuda=cuda, dtype=str(dtype).replace("torch.", ""),
+    dtype_name, lengths = str(dtype).replace("torch.", ""), [len(r["input_ids"]) for r in rows]
+    args = SFTConfig(**sft_kwargs(config, lengths, str(ckpt_dir), cuda=cuda, dtype=dtype_name,
                                   distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1), **config.trainer)
     # after SFTConfig: it has set up the process group when launched data parallel
     resume, tokens_before = _prepare(out, fingerprint, overwrite)
     resumed_from = int(resume.name.split("-")[1]) if resume else 0
-
-    import datasets
-    from peft import LoraConfig
-
     set_seed(config.seed)  # LoRA init happens in SFTTrainer.__init__, before the Trainer seeds
     model, tokenizer = models.load(config.model, quant=config.quant, dtype=config.dtype)
     model.config.use_cache = False
@@ -530,8 +517,6 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
     steps = LossCSV(out / LOSS_CSV, tokens_before)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[steps, *(callbacks or [])])
-    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # in a notebook: a table row per logged step
-
     trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)
     trainer.add_callback(Progress)
     if resume:
@@ -550,7 +535,7 @@ def fit(config: TrainConfig, examples: Sequence[dict], run_dir: str | os.PathLik
         losses = read_loss(out)
         manifest = {
             "student": student, "fingerprint": fingerprint, "base": base,
-            "quantized": bool(getattr(model, "is_loaded_in_4bit", False)), "dtype": str(dtype).replace("torch.", ""),
+            "quantized": bool(getattr(model, "is_loaded_in_4bit", False)), "dtype": dtype_name,
             "config": dataclasses.asdict(config),
             "examples": len(rows), "by_mode": {m: sum(r["mode"] == m for r in rows) for m in ("cot", "pot")},
             "tokens": sum(lengths), "steps": trainer.state.global_step, "resumed_from_step": resumed_from,
@@ -585,9 +570,7 @@ def curated_inputs(run_dir: str | os.PathLike, profile) -> tuple[list, list]:
                         (curate.AUTO_FILTER, "02_curate_rationales.ipynb")):
         if not (run_dir / name).exists():
             raise TrainError(f"{run_dir / name} is missing: run notebooks/{first} for this run directory first")
-    rationales = curate.curated(run_dir)
-    problems = data.load(profile.data.dataset, profile.data.train_split)
-    return rationales, problems
+    return curate.curated(run_dir), data.load(profile.data.dataset, profile.data.train_split)
 
 
 def train_students(config: TrainConfig, rationales, problems, run_dir: str | os.PathLike, *,
@@ -611,11 +594,11 @@ def summary(run_dir: str | os.PathLike, students: Sequence[str] = STUDENTS):
         m = runs.read_manifest(adapter_dir(run_dir, student))
         if not m:
             continue
-        losses = read_loss(run_dir, student)
-        head, tail = losses["loss"].iloc[:3], losses["loss"].iloc[-3:]
+        loss = read_loss(run_dir, student)["loss"]
+        head, tail = loss.iloc[:3], loss.iloc[-3:]
         rows.append({"student": student, "examples": m["examples"], "cot": m["by_mode"]["cot"],
                      "pot": m["by_mode"]["pot"], "steps": m["steps"], "tokens": m["tokens"],
-                     "first_loss": float(losses["loss"].iloc[0]) if len(losses) else math.nan,
+                     "first_loss": float(loss.iloc[0]) if len(loss) else math.nan,
                      "final_loss": m["final_loss"],
                      "loss_first3": float(head.mean()) if len(head) else math.nan,
                      "loss_last3": float(tail.mean()) if len(tail) else math.nan,
