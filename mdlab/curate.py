@@ -41,10 +41,10 @@ CURATED = "curated.jsonl"
 # (no_answer: a PoT's sandbox status under check_execution; a CoT's under check_answer, see _answer_reasons)
 REASONS: dict[str, str] = {
     "unknown_problem": "always", "leakage": "check_leakage",
-    **dict.fromkeys(("error", "timeout", "memory", "forbidden", "no_answer"), "check_execution"),
+    **dict.fromkeys(("error", "timeout", "memory", "forbidden", "no_answer", "no_code"), "check_execution"),
     "wrong_answer": "check_answer", "cot_pot_disagree": "check_agreement", "truncated": "check_truncated",
     "too_long": "check_length", "duplicate": "check_duplicates"}
-_EXEC_FAILURES = ("error", "timeout", "memory", "forbidden", "no_answer", "no_code")
+_EXEC_FAILURES = tuple(r for r, check in REASONS.items() if check == "check_execution")
 ACTIONS = ("keep", "drop", "edit")
 FILTERS = ("mode", "reason", "verdict", "teacher", "dataset")
 VERDICTS = ("keep", "drop", "reviewed", "unreviewed", "edited")
@@ -55,7 +55,7 @@ _OUTPUT_CHARS = 2000  # stdout kept per program in auto_filter.csv
 class CurateConfig:
     # each check_* switch: True = rationales failing that check get its reason and are dropped
     check_answer: bool = True  # answer differs from gold (wrong_answer); a CoT with no number (no_answer)
-    check_execution: bool = True  # PoT fails in the sandbox (error/timeout/memory/forbidden/no_answer)
+    check_execution: bool = True  # PoT fails in the sandbox (error/timeout/memory/forbidden/no_answer/no_code)
     # off by default: with gold answers it only drops right rationales whose other-mode partner
     # was wrong; turn it on for problems without trustworthy gold, or to train only on agreed pairs
     check_agreement: bool = False  # answer differs from every other-mode answer (cot_pot_disagree)

@@ -59,6 +59,7 @@ def crafted(problems, rationales):
         "error": make(p1.id, "pot", "x = 1\nans = x / 0"),
         "timeout": make(p1.id, "pot", "while True:\n    pass", sample=2),
         "no_answer": make(p1.id, "pot", "x = 3", sample=3),
+        "no_code": make(p1.id, "pot", "The program would multiply them.", sample=6),  # prose, nothing to run
         "truncated_pot": make(p1.id, "pot", f"a = {gold1:g}\nans = (a +", sample=4),
         "truncated_cot": make(p2.id, "cot", f"We add them up. The answer is {p2.answer:g}.", sample=1,
                               finish_reason="length"),
@@ -102,6 +103,7 @@ def test_real_rationales_are_checked_against_gold(table, rationales, problems):
 def test_every_check_gives_its_reason(table, crafted):
     extra, _ = crafted
     expected = {"duplicate": "duplicate", "error": "error", "timeout": "timeout", "no_answer": "no_answer",
+                "no_code": "no_code",
                 "truncated_pot": "truncated", "truncated_cot": "truncated", "no_phrase": "truncated",
                 "too_long": "too_long", "leakage": "leakage", "unknown_problem": "unknown_problem"}
     for key, reason in expected.items():
