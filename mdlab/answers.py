@@ -17,9 +17,9 @@ tiny relative term keeps that true for large numbers, and nothing coarser is for
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import operator
-import dataclasses
 import re
 import textwrap
 from fractions import Fraction

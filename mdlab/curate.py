@@ -9,7 +9,7 @@
 3. ``curated(run_dir)`` applies the automatic verdicts, overrides them with the human ones (an
    edit replaces text and answer) and writes ``curated.jsonl``, what training reads.
 
-What each reason means and what the filters simplify: docs/design.md ("curate").
+What each reason means and what the filters simplify: docs/design.md ("Module notes": curate and widgets).
 """
 
 from __future__ import annotations

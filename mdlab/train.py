@@ -4,7 +4,7 @@
 with TRL's ``SFTTrainer`` into ``run_dir/students/<student>/`` (``adapter/``, ``loss.csv``, ``checkpoints/``
 while it runs, ``manifest.json``), resuming a killed run from its latest complete checkpoint and reusing a
 finished adapter with the same fingerprint (config, data, base). Only rank 0 writes, so ``fit`` also runs
-under ``torchrun``. Design choices and their reasons: docs/design.md ("train").
+under ``torchrun``. Choices and reasons: docs/design.md ("Module notes": train, models, config, plots).
 """
 
 from __future__ import annotations
