@@ -30,8 +30,8 @@ from mdlab.data import transfer_problems
 # re-exported: notebooks and bench reach the engine and the student layout through evaluate
 from mdlab.generation import Completion, HFBackend, Job, OpenAIBackend, VLLMBackend, sample_seed  # noqa: F401
 from mdlab.students import (  # noqa: F401
-    SAMPLES_FILE, _student_tag, backend, base_student, sample_student, sample_transfer, short_tag, student_k,
-    student_modes, students,
+    BASE_STUDENT, SAMPLES_FILE, _student_tag, backend, base_student, sample_student, sample_transfer, short_tag,
+    student_k, student_modes, students,
 )
 
 Policy = Literal["cot", "pot", "mixed", "pot_then_cot", "ensemble"]
