@@ -1,17 +1,9 @@
-"""Answer extraction and the one comparator used everywhere.
+"""Answers: ``extract`` (the number a CoT commits to), ``same`` (the one comparator, for filters, votes and
+scores) and ``score`` (a CoT's extracted answer, a PoT's program run in the sandbox).
 
-``extract(text)`` finds the number a Chain-of-Thought commits to: the last ``\\boxed{...}``, else
-the last ``#### <answer>``, else the last "answer is ..." phrase (a number, a fraction such as ``3/4``
-or an expression such as ``(10 * 45)``, as PaLM answers, evaluated with ``ast``, never ``eval``),
-else the last number. Text after a run-on "Q:" (the model writing the next exemplar) is cut first.
-
-``same(pred, gold)`` is the comparator for filters, votes and scores. The anchors we read disagree
-(exact string match in Fine-tune-CoT, ``abs(a - b) < 1e-3`` in Program-of-Thoughts, rounding to int,
-even dropping the sign). Ours: both are finite numbers (strings parsed with ``to_float``) and
-``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``. The absolute 1e-3 forgives the float noise of
-executed programs (``0.1 + 0.2``) and a fraction written to three decimals (``0.333`` for 1/3), the
-tiny relative term keeps that true for large numbers, and nothing coarser is forgiven: ``4.5`` for
-``4``, or ``-5`` for ``5``, is a wrong answer a student must not be trained on or credited for.
+``same(pred, gold)``: both finite numbers and ``math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-3)``, which
+forgives float noise (``0.1 + 0.2``) and ``0.333`` for 1/3 but not ``4.5`` for 4 or ``-5`` for 5; why, and
+what the published codebases do instead: docs/design.md ("One answer comparator").
 """
 
 from __future__ import annotations
@@ -128,7 +120,9 @@ def cut_run_on(text: str) -> str:
 
 
 def extract(text: str | None) -> float | None:
-    """The answer a CoT text commits to, or None if it commits to no number."""
+    """The number a CoT commits to (None: none): after cutting a run-on "Q:", the last ``\\boxed{...}``, else
+    the last ``#### ...``, else the last "answer is ..." phrase (a number, fraction or expression such as PaLM's
+    ``(10 * 45)``, evaluated with ``ast``, never ``eval``), else the last number."""
     if not text or not isinstance(text, str):
         return None
     text = cut_run_on(text)

@@ -1,15 +1,10 @@
 """Automatic filters and the curated training set (notebook 02).
 
-1. ``auto_filter(rationales, problems, config)``: one row per rationale with ``keep`` and every
-   reason (``REASONS``, each under a ``check_*`` switch of ``CurateConfig``). PoT programs are
-   re-run in the sandbox and CoT answers re-extracted (``answers.score``): a stored answer is
-   never trusted. ``run_auto_filter(run_dir, ...)`` writes ``auto_filter.csv``.
-2. Human review, ``CurationState(run_dir)`` and the ``Curator`` widget over it, lives in
-   ``mdlab.widgets`` and is importable from here; decisions go to ``decisions.jsonl``.
-3. ``curated(run_dir)`` applies the automatic verdicts, overrides them with the human ones (an
-   edit replaces text and answer) and writes ``curated.jsonl``, what training reads.
-
-What each reason means and what the filters simplify: docs/design.md ("Module notes": curate and widgets).
+1. ``auto_filter``: one row per rationale with ``keep`` and every reason (``REASONS``, each under a ``check_*``
+   switch of ``CurateConfig``); answers are re-checked (``answers.score``), never trusted as stored.
+2. Human review (``CurationState``, the ``Curator`` widget: ``mdlab.widgets``) appends ``decisions.jsonl``.
+3. ``curated``: automatic verdicts overridden by human ones, written to ``curated.jsonl`` for training.
+What each reason means: docs/design.md ("Module notes": curate and widgets).
 """
 
 from __future__ import annotations
@@ -74,11 +69,9 @@ class CurateConfig:
     def __post_init__(self):
         check_positive(self, "curate", ("max_chars_cot", "max_chars_pot", "memory_mb"))
         check_positive(self, "curate", ("workers",), nullable=True)
-        if not 0.0 < self.duplicate_similarity <= 1.0:
-            raise ValueError(f"curate.duplicate_similarity must be in (0, 1], got "
-                             f"{self.duplicate_similarity}")
-        if self.timeout <= 0:
-            raise ValueError(f"curate.timeout must be > 0 seconds, got {self.timeout}")
+        if not 0.0 < self.duplicate_similarity <= 1.0 or self.timeout <= 0:
+            raise ValueError(f"curate: need duplicate_similarity in (0, 1] and timeout > 0 seconds, got "
+                             f"{self.duplicate_similarity} and {self.timeout}")
 
 
 # ------------------------------------------------------------------------------ small helpers

@@ -101,12 +101,9 @@ class TrainConfig:
         _config.check_positive(self, "train", ("per_problem", "max_problems", "max_steps", "threads"), nullable=True)
         _config.check_positive(self, "train", ("max_length", "lora_rank", "batch_size", "grad_accum", "save_steps",
                                                "logging_steps", "save_total_limit"))
-        if self.epochs <= 0 or self.learning_rate <= 0:
-            raise ValueError("train.epochs and train.learning_rate must be positive")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.warmup < 0:
-            raise ValueError(f"train.warmup must be >= 0, got {self.warmup}")
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.warmup < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"train: need epochs > 0, learning_rate > 0, warmup >= 0 and lora_dropout in [0, 1), got "
+                             f"{self.epochs}, {self.learning_rate}, {self.warmup}, {self.lora_dropout}")
         if not self.trainer:
             return
         from trl import SFTConfig  # only when used: importing trl takes seconds
