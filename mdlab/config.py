@@ -8,7 +8,7 @@ file and section named, not an hour into a run.
 
 Profiles: ``smoke`` (tiny random model, a handful of problems, seconds per stage; tests and
 CI), ``cpu`` (embedded SmolLM2-135M, MD on SVAMP in under 20 minutes; ``make demo``),
-``laptop`` (the paper's comparison at the embedded student's scale, 2 h 43 min measured on 2 cores),
+``laptop`` (the paper's comparison at the embedded student's scale, 1 h 20 min measured on 2 cores),
 ``gpu`` (a 7B student with QLoRA on the full split) and ``gpu-gsm8k`` (the same on GSM8K).
 """
 
@@ -30,7 +30,7 @@ PROFILES = ("smoke", "cpu", "laptop", "gpu", "gpu-gsm8k")
 STAGE_SECONDS = {
     "smoke": {"generate": 18, "curate": 13, "train": 25, "evaluate": 17, "report": 11},
     "cpu": {"generate": 13, "curate": 5, "train": 671, "evaluate": 239, "report": 9},
-    "laptop": {"generate": 8, "curate": 12, "train": 3469, "evaluate": 6256, "report": 13},
+    "laptop": {"generate": 7, "curate": 13, "train": 2519, "evaluate": 2228, "report": 12},
 }
 
 
